@@ -1,0 +1,12 @@
+//! Outbound delivery: the queue runner that carries each queued message to its recipients'
+//! domains, retries with growing jittered delays, expires, and bounces (RFC 3464 DSN).
+//!
+//! A recipient leaves the queue only on the receiving server's receipt (stored or failed)
+//! or on expiry; a lost receipt means a retry, which the receiver's duplicate memory
+//! absorbs (XEP-MTA §7).
+
+pub mod dsn;
+pub mod queue;
+pub mod submit;
+
+pub use queue::Delivery;

@@ -1,0 +1,574 @@
+//! The queue runner and the XMPP courier.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::sync::{Notify, Semaphore, oneshot};
+use tracing::{debug, info, warn};
+
+use super::dsn::{self, DsnRequest, FailedRecipient};
+use crate::addr::MailAddress;
+use crate::config::Config;
+use crate::mta::payload::{
+    self, Envelope, MailError, OutgoingMail, RcptStatus as ReceiptStatus, Receipt,
+};
+use crate::s2s::{S2s, S2sError};
+use crate::store::{LocalDelivery, NewQueueItem, Op, QueueItem, RcptStatus, Store};
+
+/// What came back from a receiving server for one mail.
+#[derive(Debug)]
+pub enum PeerAnswer {
+    Receipt(Receipt),
+    Error(MailError),
+}
+
+/// Per-recipient result of one attempt.
+#[derive(Debug, Clone)]
+enum Attempt {
+    Delivered,
+    Failed { status: String, diagnostic: String },
+    Deferred(String),
+}
+
+pub struct Delivery {
+    cfg: Arc<Config>,
+    store: Store,
+    s2s: Arc<S2s>,
+    /// (remote domain, mail id) -> the attempt waiting for that domain's receipt.
+    waiters: Mutex<HashMap<(String, String), oneshot::Sender<PeerAnswer>>>,
+    /// (due time, queue id) of every queued item not being attempted right now.
+    schedule: Mutex<BTreeSet<(i64, String)>>,
+    inflight: Mutex<HashSet<String>>,
+    wake: Notify,
+    slots: Arc<Semaphore>,
+}
+
+impl Delivery {
+    pub fn new(cfg: Arc<Config>, store: Store, s2s: Arc<S2s>) -> Arc<Delivery> {
+        let slots = Arc::new(Semaphore::new(cfg.delivery.concurrency));
+        Arc::new(Delivery {
+            cfg,
+            store,
+            s2s,
+            waiters: Mutex::new(HashMap::new()),
+            schedule: Mutex::new(BTreeSet::new()),
+            inflight: Mutex::new(HashSet::new()),
+            wake: Notify::new(),
+            slots,
+        })
+    }
+
+    /// Puts an item (already durable in the store) on the schedule.
+    pub fn schedule(&self, id: &str, at: i64) {
+        self.schedule
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((at, id.to_string()));
+        self.wake.notify_one();
+    }
+
+    /// A receipt from `domain`: hand it to the attempt waiting for it, if any.
+    pub fn on_receipt(&self, domain: &str, receipt: Receipt) {
+        let key = (domain.to_string(), receipt.id.clone());
+        match self
+            .waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key)
+        {
+            Some(tx) => {
+                let _ = tx.send(PeerAnswer::Receipt(receipt));
+            }
+            None => {
+                debug!(domain, id = %receipt.id, "receipt for no waiting delivery (late or duplicate)")
+            }
+        }
+    }
+
+    pub fn on_error(&self, domain: &str, err: MailError) {
+        let key = (domain.to_string(), err.mail_id.clone());
+        match self
+            .waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key)
+        {
+            Some(tx) => {
+                let _ = tx.send(PeerAnswer::Error(err));
+            }
+            None => debug!(domain, id = %err.mail_id, "mail error for no waiting delivery"),
+        }
+    }
+
+    /// Loads the queue and runs attempts as they fall due, forever.
+    pub async fn run(self: Arc<Self>) {
+        match self.store.queue() {
+            Ok(items) => {
+                let n = items.len();
+                for it in items {
+                    self.schedule
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert((it.next_attempt, it.id));
+                }
+                if n > 0 {
+                    info!(items = n, "queue loaded");
+                }
+            }
+            Err(e) => warn!(error = %e, "could not load the queue"),
+        }
+        loop {
+            let now = crate::now();
+            let (due, next_at) = {
+                let mut sched = self.schedule.lock().unwrap_or_else(|p| p.into_inner());
+                let mut due = Vec::new();
+                while let Some(first) = sched.first().cloned() {
+                    if first.0 > now {
+                        break;
+                    }
+                    sched.remove(&first);
+                    due.push(first.1);
+                }
+                (due, sched.first().map(|f| f.0))
+            };
+            for id in due {
+                let inserted = self
+                    .inflight
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(id.clone());
+                if !inserted {
+                    continue;
+                }
+                let permit = match self.slots.clone().acquire_owned().await {
+                    Ok(p) => p,
+                    Err(_) => return,
+                };
+                let me = self.clone();
+                tokio::spawn(async move {
+                    me.attempt(&id).await;
+                    me.inflight
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&id);
+                    drop(permit);
+                });
+            }
+            let sleep = match next_at {
+                Some(t) => Duration::from_millis(
+                    ((t - crate::now()).max(0) as u64 * 1000).clamp(10, 60_000),
+                ),
+                None => Duration::from_secs(60),
+            };
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(sleep) => {}
+            }
+        }
+    }
+
+    fn backoff(&self, attempts: u32) -> i64 {
+        let base = self.cfg.delivery.retry_initial_secs as f64
+            * 2f64.powi(attempts.saturating_sub(1).min(30) as i32);
+        let capped = base.min(self.cfg.delivery.retry_max_secs as f64);
+        // XEP-MTA §11.2: a random factor in [0.8, 1.0] spreads retries of many mails.
+        let jitter: f64 = rand::rng().random_range(0.8..=1.0);
+        ((capped * jitter).round() as i64).max(1)
+    }
+
+    async fn attempt(self: &Arc<Self>, id: &str) {
+        let item = match self.store.queue_item(id) {
+            Ok(Some(i)) => i,
+            Ok(None) => return,
+            Err(e) => {
+                warn!(id, error = %e, "cannot read queue item; retrying later");
+                self.schedule(
+                    id,
+                    crate::now() + self.cfg.delivery.retry_initial_secs as i64,
+                );
+                return;
+            }
+        };
+        let body = match self.store.queue_body(id) {
+            Ok(Some(b)) => b,
+            Ok(None) => {
+                warn!(id, "queue item without a body; dropping it");
+                let _ = self
+                    .store
+                    .apply(vec![Op::RemoveQueue { id: id.to_string() }])
+                    .await;
+                return;
+            }
+            Err(e) => {
+                warn!(id, error = %e, "cannot read queue body; retrying later");
+                self.schedule(
+                    id,
+                    crate::now() + self.cfg.delivery.retry_initial_secs as i64,
+                );
+                return;
+            }
+        };
+        let now = crate::now();
+        let pending: Vec<String> = item
+            .recipients
+            .iter()
+            .filter(|r| matches!(r.status, RcptStatus::Pending))
+            .map(|r| r.address.clone())
+            .collect();
+        let mut results: HashMap<String, Attempt> = HashMap::new();
+        if now >= item.expires {
+            for r in &pending {
+                let last = item
+                    .recipients
+                    .iter()
+                    .find(|x| &x.address == r)
+                    .and_then(|x| x.last_error.clone())
+                    .unwrap_or_else(|| "no answer".into());
+                results.insert(
+                    r.clone(),
+                    Attempt::Failed {
+                        status: "5.4.7".into(),
+                        diagnostic: format!("x-xmta; delivery time expired; last error: {last}"),
+                    },
+                );
+            }
+        } else {
+            // One mail per (domain, batch of at most 100 recipients); a batch is fixed by
+            // the recipients' positions in the item, so its mail id stays the same on every
+            // retry and the receiver's duplicate memory recognises it (XEP-MTA §7.1, §11.3).
+            let mut batches: HashMap<(String, usize), Vec<String>> = HashMap::new();
+            for r in &pending {
+                let domain = MailAddress::parse(r)
+                    .map(|a| a.domain().to_string())
+                    .unwrap_or_default();
+                let pos = item
+                    .recipients
+                    .iter()
+                    .position(|x| &x.address == r)
+                    .unwrap_or(0);
+                batches
+                    .entry((domain, pos / payload::MAX_RCPTS))
+                    .or_default()
+                    .push(r.clone());
+            }
+            let origin = origin_domain(&self.cfg, &item);
+            let mut tasks = Vec::new();
+            for ((domain, batch), rcpts) in batches {
+                let me = self.clone();
+                let item = item.clone();
+                let body = body.clone();
+                let origin = origin.clone();
+                let mail_id = if batch == 0 {
+                    item.id.clone()
+                } else {
+                    format!("{}.{batch}", item.id)
+                };
+                tasks.push(tokio::spawn(async move {
+                    let r = me
+                        .to_domain(&origin, &domain, &mail_id, &item, &rcpts, &body)
+                        .await;
+                    (rcpts, r)
+                }));
+            }
+            for t in tasks {
+                if let Ok((_, r)) = t.await {
+                    results.extend(r);
+                }
+            }
+        }
+        self.record(item, &body, results).await;
+    }
+
+    /// One attempt at the recipients of one domain over XMPP.
+    async fn to_domain(
+        &self,
+        origin: &str,
+        domain: &str,
+        mail_id: &str,
+        item: &QueueItem,
+        rcpts: &[String],
+        body: &[u8],
+    ) -> HashMap<String, Attempt> {
+        let all = |a: Attempt| {
+            rcpts
+                .iter()
+                .map(|r| (r.clone(), a.clone()))
+                .collect::<HashMap<_, _>>()
+        };
+        let conn = match self.s2s.stream(origin, domain).await {
+            Ok(c) => c,
+            Err(S2sError::Resolve(crate::s2s::resolve::ResolveError::NotFound(d))) => {
+                return all(Attempt::Failed {
+                    status: "5.1.2".into(),
+                    diagnostic: format!(
+                        "x-xmta; {d} has no XMPP server (no SRV or address record)"
+                    ),
+                });
+            }
+            Err(e) => {
+                info!(id = %item.id, domain, error = %e, "delivery deferred");
+                return all(Attempt::Deferred(e.to_string()));
+            }
+        };
+        let envelope = Envelope {
+            mail_from: item.sender.clone(),
+            rcpt_to: rcpts.to_vec(),
+        };
+        let stanza_from = if item.sender.is_empty() {
+            origin.to_string()
+        } else {
+            MailAddress::parse(&item.sender)
+                .map(|a| a.to_jid())
+                .unwrap_or_else(|_| origin.to_string())
+        };
+        let stanza_to = if rcpts.len() == 1 {
+            MailAddress::parse(&rcpts[0])
+                .map(|a| a.to_jid())
+                .unwrap_or_else(|_| domain.to_string())
+        } else {
+            domain.to_string()
+        };
+        let mail = OutgoingMail {
+            stanza_from: &stanza_from,
+            stanza_to: &stanza_to,
+            mail_id,
+            envelope: &envelope,
+            message: body,
+            body: Some(payload::fallback_body(body)),
+        };
+        let stanzas = match payload::mail_stanzas(&mail, conn.max_stanza_bytes) {
+            Ok(s) => s,
+            Err(e) => return all(Attempt::Deferred(format!("451 4.3.4 {e}"))),
+        };
+        let (tx, rx) = oneshot::channel();
+        let key = (domain.to_string(), mail_id.to_string());
+        self.waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone(), tx);
+        let n = stanzas.len();
+        for s in stanzas {
+            if let Err(e) = conn.send(s).await {
+                self.waiters
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&key);
+                return all(Attempt::Deferred(e.to_string()));
+            }
+        }
+        debug!(id = %mail_id, domain, stanzas = n, "mail sent, waiting for receipt");
+        let answer = tokio::time::timeout(
+            Duration::from_secs(self.cfg.delivery.receipt_timeout_secs),
+            rx,
+        )
+        .await;
+        self.waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
+        match answer {
+            Ok(Ok(PeerAnswer::Receipt(r))) => {
+                let mut out = HashMap::new();
+                for rc in rcpts {
+                    let got = r.rcpts.iter().find(|x| x.to.eq_ignore_ascii_case(rc));
+                    let a = match got {
+                        Some(x) => match x.status {
+                            ReceiptStatus::Stored { .. } => Attempt::Delivered,
+                            ReceiptStatus::Failed => Attempt::Failed {
+                                status: x.enhanced.clone().unwrap_or_else(|| "5.0.0".into()),
+                                diagnostic: format!(
+                                    "x-xmpp; {} {} {}",
+                                    x.code.clone().unwrap_or_else(|| "550".into()),
+                                    x.enhanced.clone().unwrap_or_default(),
+                                    x.text.clone().unwrap_or_default()
+                                ),
+                            },
+                            ReceiptStatus::Deferred => Attempt::Deferred(format!(
+                                "{domain} deferred: {}",
+                                x.text.clone().unwrap_or_default()
+                            )),
+                        },
+                        None => Attempt::Deferred(format!(
+                            "{domain}'s receipt did not name this recipient"
+                        )),
+                    };
+                    out.insert(rc.clone(), a);
+                }
+                info!(id = %mail_id, domain, "receipt received");
+                out
+            }
+            Ok(Ok(PeerAnswer::Error(e))) => {
+                let text = format!(
+                    "{} ({}{}) {}",
+                    e.condition,
+                    e.error_type,
+                    e.app_condition
+                        .as_deref()
+                        .map(|a| format!(", {a}"))
+                        .unwrap_or_default(),
+                    e.text.clone().unwrap_or_default()
+                );
+                // XEP-MTA §12.4: `wait` and a missing protocol (service-unavailable,
+                // feature-not-implemented) are retried; the rest is permanent.
+                let retry = e.is_temporary()
+                    || matches!(
+                        e.condition.as_str(),
+                        "service-unavailable" | "feature-not-implemented"
+                    );
+                if retry {
+                    all(Attempt::Deferred(format!("{domain}: {text}")))
+                } else {
+                    let status = match (e.condition.as_str(), e.app_condition.as_deref()) {
+                        (_, Some("message-too-large")) => "5.3.4",
+                        (_, Some("sender-mismatch")) => "5.7.1",
+                        ("policy-violation", _) => "5.7.1",
+                        ("bad-request", _) => "5.5.2",
+                        _ => "5.0.0",
+                    };
+                    all(Attempt::Failed {
+                        status: status.into(),
+                        diagnostic: format!("x-xmpp; {text}"),
+                    })
+                }
+            }
+            Ok(Err(_)) | Err(_) => all(Attempt::Deferred(format!(
+                "no receipt from {domain} in time"
+            ))),
+        }
+    }
+
+    /// Writes the outcome of an attempt (and any bounce) in one transaction.
+    async fn record(&self, mut item: QueueItem, body: &[u8], results: HashMap<String, Attempt>) {
+        let now = crate::now();
+        let mut newly_failed = Vec::new();
+        let mut deferred_any = false;
+        for r in item.recipients.iter_mut() {
+            match results.get(&r.address) {
+                Some(Attempt::Delivered) => r.status = RcptStatus::Delivered { at: now },
+                Some(Attempt::Failed { status, diagnostic }) => {
+                    r.status = RcptStatus::Failed {
+                        code: status.clone(),
+                        text: diagnostic.clone(),
+                    };
+                    newly_failed.push(FailedRecipient {
+                        address: r.address.clone(),
+                        status: status.clone(),
+                        diagnostic: diagnostic.clone(),
+                        remote_mta: MailAddress::parse(&r.address)
+                            .ok()
+                            .map(|a| a.domain().to_string()),
+                    });
+                }
+                Some(Attempt::Deferred(why)) => {
+                    r.last_error = Some(why.clone());
+                    deferred_any = true;
+                }
+                None => {
+                    if matches!(r.status, RcptStatus::Pending) {
+                        deferred_any = true;
+                    }
+                }
+            }
+        }
+        item.attempts += 1;
+        let mut ops = Vec::new();
+        if !newly_failed.is_empty() && !item.sender.is_empty() {
+            ops.extend(self.bounce_ops(&item, body, &newly_failed, now));
+        }
+        let done = !item
+            .recipients
+            .iter()
+            .any(|r| matches!(r.status, RcptStatus::Pending));
+        let next = now + self.backoff(item.attempts);
+        if done {
+            ops.push(Op::RemoveQueue {
+                id: item.id.clone(),
+            });
+        } else {
+            item.next_attempt = next;
+            ops.push(Op::UpdateQueue(item.clone()));
+        }
+        let bounce_ids: Vec<String> = ops
+            .iter()
+            .filter_map(|o| match o {
+                Op::Enqueue(n) => Some(n.id.clone()),
+                _ => None,
+            })
+            .collect();
+        match self.store.apply(ops).await {
+            Ok(_) => {
+                for b in bounce_ids {
+                    self.schedule(&b, now);
+                }
+                if done {
+                    info!(id = %item.id, attempts = item.attempts, "queue item done");
+                } else if deferred_any {
+                    self.schedule(&item.id, next);
+                    info!(id = %item.id, attempts = item.attempts, retry_in = next - now, "delivery deferred");
+                }
+            }
+            Err(e) => {
+                warn!(id = %item.id, error = %e, "could not record delivery outcome; will retry");
+                self.schedule(&item.id, now + self.cfg.delivery.retry_initial_secs as i64);
+            }
+        }
+    }
+
+    /// The DSN for `failed`: into the sender's mailbox when local, else queued (null sender).
+    fn bounce_ops(
+        &self,
+        item: &QueueItem,
+        body: &[u8],
+        failed: &[FailedRecipient],
+        now: i64,
+    ) -> Vec<Op> {
+        let origin = origin_domain(&self.cfg, item);
+        let dsn = dsn::build_dsn(&DsnRequest {
+            reporting_domain: &origin,
+            original_sender: &item.sender,
+            original_mail_id: &item.id,
+            arrival_date: item.created,
+            failed,
+            delayed: false,
+            original_message: body,
+            now,
+        });
+        let Ok(sender) = MailAddress::parse(&item.sender) else {
+            return Vec::new();
+        };
+        if self.cfg.is_local_domain(sender.domain()) {
+            vec![Op::Deliver(LocalDelivery {
+                dedupe: None,
+                recipients: vec![sender.canonical()],
+                folder: "INBOX".into(),
+                message: dsn.into(),
+                internal_date: now,
+                flags: Vec::new(),
+            })]
+        } else {
+            vec![Op::Enqueue(NewQueueItem {
+                id: crate::new_mail_id(),
+                origin: origin.clone(),
+                sender: String::new(),
+                recipients: vec![item.sender.clone()],
+                created: now,
+                next_attempt: now,
+                expires: now + self.cfg.delivery.expire_secs as i64,
+                message: dsn.into(),
+            })]
+        }
+    }
+}
+
+/// The local domain a queue item is sent from (its sender's domain, or for bounces the
+/// domain that generated them).
+fn origin_domain(cfg: &Config, item: &QueueItem) -> String {
+    if !item.origin.is_empty() {
+        return item.origin.clone();
+    }
+    MailAddress::parse(&item.sender)
+        .map(|a| a.domain().to_string())
+        .unwrap_or_else(|_| cfg.server.domains[0].clone())
+}

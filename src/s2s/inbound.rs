@@ -1,0 +1,509 @@
+//! Incoming s2s streams: stream header, STARTTLS, dialback (receiving and authoritative
+//! roles), then authenticated stanzas to the mail layer.
+//!
+//! Every fault a peer can cause ends in a stream error naming the RFC 6120 condition, and
+//! only that one connection is closed.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use minidom::Element;
+use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, timeout_at};
+use tracing::{debug, info, warn};
+
+use super::dialback::{self, DbType, Dialback};
+use super::{BoxIo, InboundEvent, S2s, random_id};
+use crate::config::TlsMode;
+use crate::xml::writer::{stream_error, stream_header};
+use crate::xml::{StreamHeader, XmlError, XmlReader, ns};
+
+/// The outcome of verifying one `db:result`, sent back to the stream's task.
+struct Verified {
+    from: String,
+    to: String,
+    verdict: Result<DbType, String>,
+}
+
+struct Inbound {
+    s2s: Arc<S2s>,
+    peer: SocketAddr,
+    stream_no: u64,
+    reader: XmlReader<ReadHalf<BoxIo>>,
+    writer: WriteHalf<BoxIo>,
+    header_sent: bool,
+    stream_id: String,
+    tls: bool,
+    /// (originating domain, receiving domain) pairs authenticated on this stream.
+    authed: HashSet<(String, String)>,
+    pending: HashSet<(String, String)>,
+}
+
+/// Why a stream ends: the stream error to send, or a clean close.
+enum End {
+    Error(&'static str, String),
+    Closed,
+    Gone,
+}
+
+impl S2s {
+    /// Accepts inbound streams until the listener fails.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let (sock, peer) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(error = %e, "s2s accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let _ = sock.set_nodelay(true);
+            match self.conn_limit.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    let s2s = self.clone();
+                    tokio::spawn(async move {
+                        s2s.handle_inbound(sock, peer).await;
+                        drop(permit);
+                    });
+                }
+                Err(_) => {
+                    warn!(%peer, limit = self.cfg.s2s.max_connections, "s2s connection limit reached, refusing");
+                    tokio::spawn(refuse(sock));
+                }
+            }
+        }
+    }
+
+    async fn handle_inbound(self: Arc<Self>, sock: TcpStream, peer: SocketAddr) {
+        let io: BoxIo = Box::new(sock);
+        let (r, w) = tokio::io::split(io);
+        let stream_no = self.next_stream.fetch_add(1, Ordering::Relaxed);
+        let mut conn = Inbound {
+            reader: XmlReader::new(r, self.cfg.s2s.max_stanza_bytes),
+            writer: w,
+            s2s: self.clone(),
+            peer,
+            stream_no,
+            header_sent: false,
+            stream_id: String::new(),
+            tls: false,
+            authed: HashSet::new(),
+            pending: HashSet::new(),
+        };
+        let end = conn.run().await;
+        match end {
+            End::Error(cond, text) => {
+                info!(%peer, condition = cond, %text, "closing inbound stream with error");
+                if !conn.header_sent {
+                    let h = stream_header(ns::SERVER, None, None, Some(&random_id()), true);
+                    let _ = conn.writer.write_all(h.as_bytes()).await;
+                }
+                let _ = conn
+                    .writer
+                    .write_all(stream_error(cond, Some(&text)).as_bytes())
+                    .await;
+            }
+            End::Closed => {
+                debug!(%peer, "inbound stream closed by peer");
+                let _ = conn.writer.write_all(b"</stream:stream>").await;
+            }
+            End::Gone => debug!(%peer, "inbound connection lost"),
+        }
+        let _ = conn.writer.shutdown().await;
+        let _ = self
+            .events
+            .send(InboundEvent::StreamClosed { stream: stream_no })
+            .await;
+    }
+}
+
+async fn refuse(mut sock: TcpStream) {
+    let h = stream_header(ns::SERVER, None, None, Some(&random_id()), true);
+    let msg = format!(
+        "{h}{}",
+        stream_error("policy-violation", Some("too many connections"))
+    );
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        sock.write_all(msg.as_bytes()),
+    )
+    .await;
+    let _ = sock.shutdown().await;
+}
+
+fn xml_end(e: XmlError) -> End {
+    match e {
+        XmlError::Io(_) | XmlError::Eof => End::Gone,
+        other => End::Error(other.condition(), other.to_string()),
+    }
+}
+
+impl Inbound {
+    async fn write(&mut self, data: &str) -> Result<(), End> {
+        let r = async {
+            self.writer.write_all(data.as_bytes()).await?;
+            self.writer.flush().await
+        };
+        r.await.map_err(|_| End::Gone)
+    }
+
+    /// Reads the peer's header and answers with ours and the features.
+    async fn open(&mut self, deadline: Instant) -> Result<StreamHeader, End> {
+        let h = match timeout_at(deadline, self.reader.read_header()).await {
+            Err(_) => {
+                return Err(End::Error(
+                    "connection-timeout",
+                    "no stream header in time".into(),
+                ));
+            }
+            Ok(Err(e)) => return Err(xml_end(e)),
+            Ok(Ok(h)) => h,
+        };
+        self.stream_id = random_id();
+        let local =
+            h.to.clone()
+                .and_then(|t| crate::addr::normalize_domain(&t).ok());
+        let header = stream_header(
+            ns::SERVER,
+            local.as_deref(),
+            h.from.as_deref(),
+            Some(&self.stream_id),
+            true,
+        );
+        self.write(&header).await?;
+        self.header_sent = true;
+        if h.default_ns != ns::SERVER {
+            return Err(End::Error(
+                "invalid-namespace",
+                format!(
+                    "default namespace must be jabber:server, not '{}'",
+                    h.default_ns
+                ),
+            ));
+        }
+        match &local {
+            Some(d) if self.s2s.cfg.is_local_domain(d) => {}
+            Some(d) => {
+                return Err(End::Error(
+                    "host-unknown",
+                    format!("this server does not serve {d}"),
+                ));
+            }
+            None => {
+                return Err(End::Error(
+                    "host-unknown",
+                    "the stream header has no valid 'to'".into(),
+                ));
+            }
+        }
+        if h.version.as_deref() == Some("1.0") {
+            let mut f = String::from("<stream:features>");
+            if !self.tls && self.s2s.tls.server.is_some() && self.s2s.tls.mode != TlsMode::Off {
+                f.push_str(&format!("<starttls xmlns='{}'>", ns::TLS));
+                if self.s2s.tls.mode == TlsMode::Required {
+                    f.push_str("<required/>");
+                }
+                f.push_str("</starttls>");
+            }
+            f.push_str(&format!(
+                "<dialback xmlns='{}'><errors/></dialback>",
+                ns::DIALBACK_FEATURE
+            ));
+            f.push_str(&format!(
+                "<limits xmlns='{}'><max-bytes>{}</max-bytes><idle-seconds>{}</idle-seconds></limits>",
+                ns::STREAM_LIMITS,
+                self.s2s.cfg.s2s.max_stanza_bytes,
+                self.s2s.cfg.s2s.idle_timeout_secs
+            ));
+            f.push_str("</stream:features>");
+            self.write(&f).await?;
+        }
+        debug!(peer = %self.peer, from = ?h.from, to = ?h.to, id = %self.stream_id, tls = self.tls, "inbound stream opened");
+        Ok(h)
+    }
+
+    async fn starttls(&mut self) -> Result<(), End> {
+        let Some(server) = self.s2s.tls.server.clone() else {
+            return Err(End::Error(
+                "unsupported-feature",
+                "STARTTLS is not offered".into(),
+            ));
+        };
+        if self.tls {
+            return Err(End::Error(
+                "policy-violation",
+                "TLS is already in place".into(),
+            ));
+        }
+        if !self.authed.is_empty() || !self.pending.is_empty() {
+            return Err(End::Error(
+                "policy-violation",
+                "STARTTLS after dialback".into(),
+            ));
+        }
+        self.write(&format!("<proceed xmlns='{}'/>", ns::TLS))
+            .await?;
+        // Swap the socket: take both halves back, handshake, split the TLS stream.
+        let placeholder: BoxIo = Box::new(tokio::io::empty());
+        let (pr, pw) = tokio::io::split(placeholder);
+        let reader = std::mem::replace(&mut self.reader, XmlReader::new(pr, 0));
+        let writer = std::mem::replace(&mut self.writer, pw);
+        let r = reader.into_inner().map_err(xml_end)?;
+        let io = r.unsplit(writer);
+        let acceptor = tokio_rustls::TlsAcceptor::from(server);
+        let tls = match tokio::time::timeout(self.s2s.cfg.handshake_timeout(), acceptor.accept(io))
+            .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                warn!(peer = %self.peer, error = %e, "TLS handshake failed");
+                return Err(End::Gone);
+            }
+            Err(_) => return Err(End::Gone),
+        };
+        let io: BoxIo = Box::new(tls);
+        let (r, w) = tokio::io::split(io);
+        self.reader = XmlReader::new(r, self.s2s.cfg.s2s.max_stanza_bytes);
+        self.writer = w;
+        self.tls = true;
+        self.header_sent = false;
+        Ok(())
+    }
+
+    async fn run(&mut self) -> End {
+        match self.run_inner().await {
+            Ok(()) => End::Closed,
+            Err(e) => e,
+        }
+    }
+
+    async fn run_inner(&mut self) -> Result<(), End> {
+        let cfg = self.s2s.cfg.clone();
+        let deadline = Instant::now() + cfg.handshake_timeout();
+        self.open(deadline).await?;
+        let (vtx, mut vrx) = mpsc::channel::<Verified>(16);
+        loop {
+            // An unauthenticated stream must get on with it; an authenticated one may idle.
+            let limit = if self.authed.is_empty() {
+                cfg.handshake_timeout()
+            } else {
+                cfg.idle_timeout()
+            };
+            let el = tokio::select! {
+                v = vrx.recv() => {
+                    if let Some(v) = v {
+                        self.verified(v).await?;
+                    }
+                    continue;
+                }
+                r = tokio::time::timeout(limit, self.reader.next()) => match r {
+                    Err(_) => return Err(End::Error("connection-timeout", "idle for too long".into())),
+                    Ok(Err(e)) => return Err(xml_end(e)),
+                    Ok(Ok(None)) => return Ok(()),
+                    Ok(Ok(Some(el))) => el,
+                },
+            };
+            self.element(el, &vtx).await?;
+        }
+    }
+
+    async fn element(&mut self, el: Element, vtx: &mpsc::Sender<Verified>) -> Result<(), End> {
+        let el_ns = el.ns();
+        if el_ns == ns::DIALBACK {
+            return self.dialback(&el, vtx).await;
+        }
+        if el.is("starttls", ns::TLS) {
+            self.starttls().await?;
+            let deadline = Instant::now() + self.s2s.cfg.handshake_timeout();
+            self.open(deadline).await?;
+            return Ok(());
+        }
+        if el.is("error", ns::STREAM) {
+            let text = super::outbound::stream_error_text(&el).unwrap_or_default();
+            info!(peer = %self.peer, %text, "peer sent a stream error");
+            return Err(End::Closed);
+        }
+        if el_ns != ns::SERVER {
+            return Err(End::Error(
+                "invalid-namespace",
+                format!(
+                    "<{}> in namespace '{el_ns}' is not a jabber:server stanza",
+                    el.name()
+                ),
+            ));
+        }
+        if !matches!(el.name(), "message" | "presence" | "iq") {
+            return Err(End::Error(
+                "unsupported-stanza-type",
+                format!("<{}> is not a stanza", el.name()),
+            ));
+        }
+        if self.s2s.tls.mode == TlsMode::Required && !self.tls {
+            return Err(End::Error("policy-violation", "TLS is required".into()));
+        }
+        let (Some(from), Some(to)) = (el.attr("from"), el.attr("to")) else {
+            return Err(End::Error(
+                "improper-addressing",
+                "a s2s stanza needs 'from' and 'to'".into(),
+            ));
+        };
+        let from_domain = crate::addr::domain_of_jid(from)
+            .map_err(|e| End::Error("invalid-from", format!("'from' {from}: {e}")))?;
+        let to_domain = crate::addr::domain_of_jid(to)
+            .map_err(|e| End::Error("improper-addressing", format!("'to' {to}: {e}")))?;
+        if self.authed.is_empty() {
+            return Err(End::Error(
+                "not-authorized",
+                "stanza before the stream was authenticated".into(),
+            ));
+        }
+        if !self.authed.iter().any(|(f, _)| *f == from_domain) {
+            return Err(End::Error(
+                "invalid-from",
+                format!("{from_domain} is not authenticated on this stream"),
+            ));
+        }
+        if !self
+            .authed
+            .contains(&(from_domain.clone(), to_domain.clone()))
+        {
+            return Err(End::Error(
+                "improper-addressing",
+                format!("{from_domain} is not authenticated to send to {to_domain} on this stream"),
+            ));
+        }
+        self.s2s
+            .events
+            .send(InboundEvent::Stanza {
+                stream: self.stream_no,
+                from_domain,
+                to_domain,
+                tls: self.tls,
+                element: el,
+            })
+            .await
+            .map_err(|_| End::Error("system-shutdown", "server shutting down".into()))
+    }
+
+    async fn dialback(&mut self, el: &Element, vtx: &mpsc::Sender<Verified>) -> Result<(), End> {
+        let db = Dialback::try_from(el).map_err(|e| End::Error("bad-format", e.to_string()))?;
+        match db {
+            Dialback::ResultRequest { from, to, key } => {
+                let (Ok(from), Ok(to)) = (
+                    crate::addr::normalize_domain(&from),
+                    crate::addr::normalize_domain(&to),
+                ) else {
+                    return Err(End::Error(
+                        "improper-addressing",
+                        "dialback 'from'/'to' is not a domain".into(),
+                    ));
+                };
+                if !self.s2s.cfg.is_local_domain(&to) {
+                    let answer = dialback::result_answer(
+                        &to,
+                        &from,
+                        DbType::Error,
+                        Some(("cancel", "item-not-found")),
+                    );
+                    return self.write(&answer).await;
+                }
+                if self.s2s.cfg.is_local_domain(&from) {
+                    return Err(End::Error("invalid-from", format!("{from} is served here")));
+                }
+                if self.s2s.tls.mode == TlsMode::Required && !self.tls {
+                    return Err(End::Error(
+                        "policy-violation",
+                        "TLS is required before dialback".into(),
+                    ));
+                }
+                let pair = (from.clone(), to.clone());
+                if self.authed.contains(&pair) || !self.pending.insert(pair) {
+                    // A second request for a pair already being verified or verified.
+                    return Err(End::Error(
+                        "policy-violation",
+                        format!("{from} already authenticated or pending"),
+                    ));
+                }
+                info!(peer = %self.peer, %from, %to, "verifying dialback key");
+                let s2s = self.s2s.clone();
+                let id = self.stream_id.clone();
+                let vtx = vtx.clone();
+                tokio::spawn(async move {
+                    let verdict = s2s
+                        .verify_key(&to, &from, &id, &key)
+                        .await
+                        .map_err(|e| e.to_string());
+                    let _ = vtx.send(Verified { from, to, verdict }).await;
+                });
+                Ok(())
+            }
+            Dialback::VerifyRequest { from, to, id, key } => {
+                // Authoritative role: `from` is the receiving server asking about our key.
+                let from = crate::addr::normalize_domain(&from).unwrap_or(from);
+                let to = crate::addr::normalize_domain(&to).unwrap_or(to);
+                let valid = self.s2s.cfg.is_local_domain(&to)
+                    && self.s2s.secret.verify(&from, &to, &id, &key)
+                    && self.s2s.originated(&from, &to, &id);
+                info!(peer = %self.peer, receiving = %from, originating = %to, valid, "answered db:verify");
+                let kind = if valid {
+                    DbType::Valid
+                } else {
+                    DbType::Invalid
+                };
+                self.write(&dialback::verify_answer(&to, &from, &id, kind))
+                    .await
+            }
+            Dialback::ResultAnswer { .. } | Dialback::VerifyAnswer { .. } => Err(End::Error(
+                "not-authorized",
+                "unsolicited dialback answer on an incoming stream".into(),
+            )),
+        }
+    }
+
+    async fn verified(&mut self, v: Verified) -> Result<(), End> {
+        let pair = (v.from.clone(), v.to.clone());
+        self.pending.remove(&pair);
+        match v.verdict {
+            Ok(DbType::Valid) => {
+                self.write(&dialback::result_answer(
+                    &v.to,
+                    &v.from,
+                    DbType::Valid,
+                    None,
+                ))
+                .await?;
+                info!(peer = %self.peer, from = %v.from, to = %v.to, tls = self.tls, "inbound stream authenticated (dialback)");
+                self.authed.insert(pair);
+                Ok(())
+            }
+            Ok(_) => {
+                self.write(&dialback::result_answer(
+                    &v.to,
+                    &v.from,
+                    DbType::Invalid,
+                    None,
+                ))
+                .await?;
+                Err(End::Error(
+                    "not-authorized",
+                    format!("dialback key for {} is invalid", v.from),
+                ))
+            }
+            Err(reason) => {
+                warn!(peer = %self.peer, from = %v.from, %reason, "could not verify dialback key");
+                let answer = dialback::result_answer(
+                    &v.to,
+                    &v.from,
+                    DbType::Error,
+                    Some(("cancel", "remote-server-not-found")),
+                );
+                self.write(&answer).await
+            }
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! Where to connect for a remote domain: `[s2s.routes]` first, then DNS per RFC 6120 §3.2
+//! (SRV `_xmpp-server._tcp` ordered by priority and weighted-random within a priority,
+//! RFC 2782), then the domain's own A/AAAA records on port 5269.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hickory_resolver::TokioResolver;
+use hickory_resolver::config::{NameServerConfig, ResolverConfig};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::rr::RData;
+use rand::Rng;
+
+use crate::config::Config;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("DNS lookup for {0} failed: {1}")]
+    Dns(String, String),
+    #[error("{0} has no XMPP server (no SRV record and no address)")]
+    NotFound(String),
+    #[error("{0} refuses XMPP server connections (SRV target '.')")]
+    Refused(String),
+}
+
+/// A target to try, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+}
+
+pub fn parse_host_port(s: &str) -> Option<(String, u16)> {
+    if let Ok(sa) = s.parse::<SocketAddr>() {
+        return Some((sa.ip().to_string(), sa.port()));
+    }
+    let (h, p) = s.rsplit_once(':')?;
+    let port: u16 = p.parse().ok()?;
+    if h.is_empty() || h.contains(['[', ']', ' ']) {
+        return None;
+    }
+    Some((h.to_string(), port))
+}
+
+#[derive(Clone)]
+pub struct Resolver {
+    dns: Arc<TokioResolver>,
+    routes: Arc<std::collections::BTreeMap<String, String>>,
+}
+
+impl Resolver {
+    pub fn new(config: &Config) -> Result<Resolver, ResolveError> {
+        let dns = if config.dns.nameservers.is_empty() {
+            TokioResolver::builder_tokio()
+                .map_err(|e| ResolveError::Dns("system resolver".into(), e.to_string()))?
+                .build()
+        } else {
+            let servers = config
+                .dns
+                .nameservers
+                .iter()
+                .map(|sa| {
+                    let mut ns = NameServerConfig::udp_and_tcp(sa.ip());
+                    for c in &mut ns.connections {
+                        c.port = sa.port();
+                    }
+                    ns
+                })
+                .collect();
+            TokioResolver::builder_with_config(
+                ResolverConfig::from_name_servers(servers),
+                TokioRuntimeProvider::default(),
+            )
+            .build()
+        }
+        .map_err(|e| ResolveError::Dns("resolver set-up".into(), e.to_string()))?;
+        Ok(Resolver {
+            dns: Arc::new(dns),
+            routes: Arc::new(config.s2s.routes.clone()),
+        })
+    }
+
+    /// The ordered list of (host, port) to try for `domain`.
+    pub async fn targets(&self, domain: &str) -> Result<Vec<Target>, ResolveError> {
+        if let Some(route) = self.routes.get(domain)
+            && let Some((host, port)) = parse_host_port(route)
+        {
+            return Ok(vec![Target { host, port }]);
+        }
+        let srv_name = format!("_xmpp-server._tcp.{domain}.");
+        match self.dns.srv_lookup(srv_name.as_str()).await {
+            Ok(lookup) => {
+                let mut records = Vec::new();
+                for r in lookup.answers() {
+                    if let RData::SRV(srv) = &r.data {
+                        let target = srv.target.to_ascii();
+                        let target = target.trim_end_matches('.').to_string();
+                        records.push((srv.priority, srv.weight, srv.port, target));
+                    }
+                }
+                if records.len() == 1 && records[0].3.is_empty() {
+                    return Err(ResolveError::Refused(domain.to_string()));
+                }
+                if !records.is_empty() {
+                    return Ok(order_srv(records, &mut rand::rng()));
+                }
+            }
+            Err(e) if e.is_no_records_found() || e.is_nx_domain() => {}
+            Err(e) => return Err(ResolveError::Dns(srv_name, e.to_string())),
+        }
+        // No SRV: the domain itself on the default port (RFC 6120 §3.2.2).
+        match self.dns.lookup_ip(format!("{domain}.").as_str()).await {
+            Ok(ips) if ips.iter().next().is_some() => Ok(vec![Target {
+                host: domain.to_string(),
+                port: 5269,
+            }]),
+            Ok(_) => Err(ResolveError::NotFound(domain.to_string())),
+            Err(e) if e.is_no_records_found() || e.is_nx_domain() => {
+                Err(ResolveError::NotFound(domain.to_string()))
+            }
+            Err(e) => Err(ResolveError::Dns(domain.to_string(), e.to_string())),
+        }
+    }
+
+    /// Socket addresses for one target host.
+    pub async fn addresses(&self, target: &Target) -> Result<Vec<SocketAddr>, ResolveError> {
+        if let Ok(ip) = target.host.parse::<std::net::IpAddr>() {
+            return Ok(vec![SocketAddr::new(ip, target.port)]);
+        }
+        let ips = self
+            .dns
+            .lookup_ip(format!("{}.", target.host).as_str())
+            .await
+            .map_err(|e| ResolveError::Dns(target.host.clone(), e.to_string()))?;
+        Ok(ips
+            .iter()
+            .map(|ip| SocketAddr::new(ip, target.port))
+            .collect())
+    }
+}
+
+/// RFC 2782 ordering: ascending priority; within a priority, repeatedly pick a record
+/// with probability proportional to its weight (zero-weight records get a small chance
+/// only when nothing else is left, as the RFC suggests by putting them first in the draw).
+pub fn order_srv(mut records: Vec<(u16, u16, u16, String)>, rng: &mut impl Rng) -> Vec<Target> {
+    records.sort_by_key(|r| r.0);
+    let mut out = Vec::with_capacity(records.len());
+    let mut i = 0;
+    while i < records.len() {
+        let prio = records[i].0;
+        let mut group: Vec<_> = records[i..]
+            .iter()
+            .take_while(|r| r.0 == prio)
+            .cloned()
+            .collect();
+        i += group.len();
+        // Zero-weight entries first, as RFC 2782 prescribes before the running sum.
+        group.sort_by_key(|r| r.1 != 0);
+        while !group.is_empty() {
+            let total: u32 = group.iter().map(|r| r.1 as u32).sum();
+            let pick = if total == 0 {
+                0
+            } else {
+                let n = rng.random_range(0..=total);
+                let mut sum = 0u32;
+                let mut idx = group.len() - 1;
+                for (j, r) in group.iter().enumerate() {
+                    sum += r.1 as u32;
+                    if sum >= n {
+                        idx = j;
+                        break;
+                    }
+                }
+                idx
+            };
+            let r = group.remove(pick);
+            out.push(Target {
+                host: r.3,
+                port: r.2,
+            });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn srv_priority_then_weight() {
+        let recs = vec![
+            (20, 0, 5269, "backup.test".to_string()),
+            (10, 90, 5269, "heavy.test".to_string()),
+            (10, 10, 5269, "light.test".to_string()),
+        ];
+        let mut heavy_first = 0;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for _ in 0..1000 {
+            let o = order_srv(recs.clone(), &mut rng);
+            assert_eq!(o.len(), 3);
+            assert_eq!(
+                o[2].host, "backup.test",
+                "lower priority value is tried first"
+            );
+            if o[0].host == "heavy.test" {
+                heavy_first += 1;
+            }
+        }
+        // Weight 90 vs 10: heavy first about 90% of the time.
+        assert!((820..=970).contains(&heavy_first), "{heavy_first}");
+    }
+
+    #[test]
+    fn host_port() {
+        assert_eq!(
+            parse_host_port("127.0.0.3:5269"),
+            Some(("127.0.0.3".into(), 5269))
+        );
+        assert_eq!(
+            parse_host_port("xmpp.b.test:5270"),
+            Some(("xmpp.b.test".into(), 5270))
+        );
+        assert_eq!(parse_host_port("nope"), None);
+    }
+}

@@ -1,0 +1,175 @@
+//! TLS for s2s streams with rustls: the server side of STARTTLS (tokio-xmpp has none) and a
+//! client side whose certificate check is recorded rather than fatal where the config says
+//! `tls = "optional"`, because dialback authenticates the domain either way (RFC 7590 §3.4,
+//! XEP-0220 §1.2). Under `tls = "required"` an invalid peer certificate fails the handshake.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+
+use crate::config::{Config, TlsMode};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {reason}")]
+    File { path: String, reason: String },
+    #[error("TLS set-up: {0}")]
+    Setup(String),
+}
+
+/// TLS material for both directions.
+#[derive(Clone)]
+pub struct TlsContext {
+    pub mode: TlsMode,
+    /// Present when a certificate is configured: STARTTLS is offered on inbound streams.
+    pub server: Option<Arc<ServerConfig>>,
+    /// Used for outbound STARTTLS.
+    pub client: Arc<ClientConfig>,
+    /// Verifies a peer chain after the handshake, to record whether it was valid.
+    pub verifier: Arc<WebPkiServerVerifier>,
+}
+
+fn file_err(path: &Path, reason: impl ToString) -> TlsError {
+    TlsError::File {
+        path: path.display().to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs: Result<Vec<_>, _> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| file_err(path, e))?
+        .collect();
+    let certs = certs.map_err(|e| file_err(path, e))?;
+    if certs.is_empty() {
+        return Err(file_err(path, "no PEM certificate in the file"));
+    }
+    Ok(certs)
+}
+
+impl TlsContext {
+    pub fn new(config: &Config) -> Result<TlsContext, TlsError> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut roots = RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        if let Some(ca) = &config.s2s.ca {
+            for cert in load_certs(ca)? {
+                roots.add(cert).map_err(|e| file_err(ca, e))?;
+            }
+        }
+        let roots = Arc::new(roots);
+        let verifier = WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
+            .build()
+            .map_err(|e| TlsError::Setup(e.to_string()))?;
+
+        let server = match (&config.s2s.cert, &config.s2s.key) {
+            (Some(cert), Some(key)) => {
+                let chain = load_certs(cert)?;
+                let key = PrivateKeyDer::from_pem_file(key).map_err(|e| file_err(key, e))?;
+                let sc = ServerConfig::builder_with_provider(provider.clone())
+                    .with_safe_default_protocol_versions()
+                    .map_err(|e| TlsError::Setup(e.to_string()))?
+                    .with_no_client_auth()
+                    .with_single_cert(chain, key)
+                    .map_err(|e| TlsError::Setup(format!("certificate and key: {e}")))?;
+                Some(Arc::new(sc))
+            }
+            _ => None,
+        };
+
+        let builder = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Setup(e.to_string()))?;
+        let client = if config.s2s.tls == TlsMode::Required {
+            builder.with_root_certificates(roots).with_no_client_auth()
+        } else {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(RecordOnly {
+                    schemes: provider
+                        .signature_verification_algorithms
+                        .supported_schemes(),
+                    provider: provider.clone(),
+                }))
+                .with_no_client_auth()
+        };
+        Ok(TlsContext {
+            mode: config.s2s.tls,
+            server,
+            client: Arc::new(client),
+            verifier,
+        })
+    }
+
+    /// Whether `chain` is a valid certificate for `domain` (checked after the handshake).
+    pub fn chain_valid_for(&self, chain: &[CertificateDer<'_>], domain: &str) -> bool {
+        let Some((end, rest)) = chain.split_first() else {
+            return false;
+        };
+        let Ok(name) = ServerName::try_from(domain.to_string()) else {
+            return false;
+        };
+        self.verifier
+            .verify_server_cert(end, rest, &name, &[], UnixTime::now())
+            .is_ok()
+    }
+}
+
+/// Accepts any server certificate (signatures are still checked); validity is evaluated
+/// separately with `chain_valid_for` and logged. Used only when TLS is opportunistic and
+/// dialback authenticates the peer.
+#[derive(Debug)]
+struct RecordOnly {
+    schemes: Vec<SignatureScheme>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for RecordOnly {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.schemes.clone()
+    }
+}

@@ -1,0 +1,360 @@
+//! Applying ops inside the writer's transaction.
+//!
+//! Each op first checks everything that decides its logical outcome (user exists, item exists,
+//! duplicate) and only then writes, so such an outcome never leaves half an op behind. Errors
+//! abort the whole transaction (see writer.rs).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use redb::{ReadableTable, Table, WriteTransaction};
+
+use super::tables::{
+    self, BODIES, BODY_CHUNK, BODY_REFS, COUNTERS, DEDUPE, LAST_UIDVALIDITY, MAILBOXES, MESSAGES,
+    MailboxRec, MessageRec, NEXT_BODY, NEXT_MAILBOX, QUEUE, QueueRec, SECRETS, USERS, UserRec,
+    decode, encode,
+};
+use super::{
+    DEFAULT_FOLDERS, LocalDelivery, NewQueueItem, Op, OpResult, QueueItem, QueueRcpt, RcptOutcome,
+    RcptStatus, StoreError,
+};
+
+/// The store's tables, opened once per write transaction.
+pub(super) struct Tables<'txn> {
+    users: Table<'txn, &'static str, &'static [u8]>,
+    mailboxes: Table<'txn, (&'static str, &'static str), &'static [u8]>,
+    messages: Table<'txn, (u64, u32), &'static [u8]>,
+    bodies: Table<'txn, (u64, u32), &'static [u8]>,
+    body_refs: Table<'txn, u64, u64>,
+    queue: Table<'txn, &'static str, &'static [u8]>,
+    dedupe: Table<'txn, (&'static str, &'static str, &'static str), i64>,
+    secrets: Table<'txn, &'static str, &'static [u8]>,
+    counters: Table<'txn, &'static str, u64>,
+}
+
+impl<'txn> Tables<'txn> {
+    pub fn open(txn: &'txn WriteTransaction) -> Result<Self, StoreError> {
+        Ok(Tables {
+            users: txn.open_table(USERS)?,
+            mailboxes: txn.open_table(MAILBOXES)?,
+            messages: txn.open_table(MESSAGES)?,
+            bodies: txn.open_table(BODIES)?,
+            body_refs: txn.open_table(BODY_REFS)?,
+            queue: txn.open_table(QUEUE)?,
+            dedupe: txn.open_table(DEDUPE)?,
+            secrets: txn.open_table(SECRETS)?,
+            counters: txn.open_table(COUNTERS)?,
+        })
+    }
+
+    /// Applies the ops of one request, in order.
+    pub fn apply_request(&mut self, ops: &[Op]) -> Result<Vec<OpResult>, StoreError> {
+        // Bodies written by this request, so that equal bytes are stored once.
+        let mut written: Vec<(Bytes, u64)> = Vec::new();
+        let mut results = Vec::with_capacity(ops.len());
+        for op in ops {
+            let result = match op {
+                Op::Deliver(delivery) => self.deliver(delivery, &mut written)?,
+                Op::Enqueue(item) => self.enqueue(item, &mut written)?,
+                Op::UpdateQueue(item) => self.update_queue(item)?,
+                Op::RemoveQueue { id } => self.remove_queue(id)?,
+                Op::AddUser {
+                    address,
+                    password_hash,
+                } => self.add_user(address, password_hash)?,
+                Op::SetPassword {
+                    address,
+                    password_hash,
+                } => self.set_password(address, password_hash)?,
+                Op::DeleteUser { address } => self.delete_user(address)?,
+                Op::PutSecret {
+                    name,
+                    value,
+                    only_if_absent,
+                } => self.put_secret(name, value, *only_if_absent)?,
+                Op::PruneDedupe { older_than } => self.prune_dedupe(*older_than)?,
+            };
+            results.push(result);
+        }
+        Ok(results)
+    }
+
+    fn deliver(
+        &mut self,
+        d: &LocalDelivery,
+        written: &mut Vec<(Bytes, u64)>,
+    ) -> Result<OpResult, StoreError> {
+        let mut outcomes = Vec::with_capacity(d.recipients.len());
+        for rcpt in &d.recipients {
+            let outcome = self.deliver_one(d, rcpt, written)?;
+            outcomes.push((rcpt.clone(), outcome));
+        }
+        Ok(OpResult::Delivered(outcomes))
+    }
+
+    fn deliver_one(
+        &mut self,
+        d: &LocalDelivery,
+        rcpt: &str,
+        written: &mut Vec<(Bytes, u64)>,
+    ) -> Result<RcptOutcome, StoreError> {
+        if self.users.get(rcpt)?.is_none() {
+            return Ok(RcptOutcome::NoSuchUser);
+        }
+        let Some(mut mailbox) = tables::get_mailbox(&self.mailboxes, rcpt, &d.folder)? else {
+            return Ok(RcptOutcome::NoSuchFolder);
+        };
+        if let Some(key) = &d.dedupe {
+            let dedupe_key = (key.domain.as_str(), key.mail_id.as_str(), rcpt);
+            if self.dedupe.get(dedupe_key)?.is_some() {
+                return Ok(RcptOutcome::Duplicate);
+            }
+        }
+        let uid = mailbox.uidnext;
+        let (Some(uidnext), Some(exists)) = (uid.checked_add(1), mailbox.exists.checked_add(1))
+        else {
+            return Err(StoreError::Invalid(format!(
+                "folder {} of {rcpt} has used up its UIDs",
+                d.folder
+            )));
+        };
+
+        let body = self.share_body(&d.message, written)?;
+        let rec = MessageRec {
+            size: d.message.len() as u64,
+            internal_date: d.internal_date,
+            flags: d.flags.clone(),
+            body,
+        };
+        self.messages
+            .insert((mailbox.id, uid), encode(&rec)?.as_slice())?;
+        mailbox.uidnext = uidnext;
+        mailbox.exists = exists;
+        self.put_mailbox(rcpt, &d.folder, &mailbox)?;
+        if let Some(key) = &d.dedupe {
+            let dedupe_key = (key.domain.as_str(), key.mail_id.as_str(), rcpt);
+            self.dedupe.insert(dedupe_key, d.internal_date)?;
+        }
+        Ok(RcptOutcome::Stored { uid })
+    }
+
+    fn enqueue(
+        &mut self,
+        item: &NewQueueItem,
+        written: &mut Vec<(Bytes, u64)>,
+    ) -> Result<OpResult, StoreError> {
+        if self.queue.get(item.id.as_str())?.is_some() {
+            return Ok(OpResult::Enqueued(false));
+        }
+        let body = self.share_body(&item.message, written)?;
+        let rec = QueueRec {
+            origin: item.origin.clone(),
+            sender: item.sender.clone(),
+            recipients: item
+                .recipients
+                .iter()
+                .map(|address| QueueRcpt {
+                    address: address.clone(),
+                    status: RcptStatus::Pending,
+                    last_error: None,
+                })
+                .collect(),
+            created: item.created,
+            next_attempt: item.next_attempt,
+            expires: item.expires,
+            attempts: 0,
+            size: item.message.len() as u64,
+            body,
+        };
+        self.queue
+            .insert(item.id.as_str(), encode(&rec)?.as_slice())?;
+        Ok(OpResult::Enqueued(true))
+    }
+
+    fn update_queue(&mut self, item: &QueueItem) -> Result<OpResult, StoreError> {
+        let Some(old) = self.queue.get(item.id.as_str())? else {
+            return Ok(OpResult::Updated(false));
+        };
+        let mut rec: QueueRec = decode("queue item", old.value())?;
+        drop(old);
+        rec.recipients = item.recipients.clone();
+        rec.attempts = item.attempts;
+        rec.next_attempt = item.next_attempt;
+        self.queue
+            .insert(item.id.as_str(), encode(&rec)?.as_slice())?;
+        Ok(OpResult::Updated(true))
+    }
+
+    fn remove_queue(&mut self, id: &str) -> Result<OpResult, StoreError> {
+        let body = match self.queue.get(id)? {
+            Some(old) => decode::<QueueRec>("queue item", old.value())?.body,
+            None => return Ok(OpResult::Removed(false)),
+        };
+        self.queue.remove(id)?;
+        self.release_body(body)?;
+        Ok(OpResult::Removed(true))
+    }
+
+    fn add_user(&mut self, address: &str, password_hash: &str) -> Result<OpResult, StoreError> {
+        if self.users.get(address)?.is_some() {
+            return Ok(OpResult::UserAdded(false));
+        }
+        let rec = UserRec {
+            password_hash: password_hash.to_owned(),
+        };
+        self.users.insert(address, encode(&rec)?.as_slice())?;
+        for folder in DEFAULT_FOLDERS {
+            let mailbox = MailboxRec {
+                id: self.next_counter(NEXT_MAILBOX)?,
+                uidvalidity: self.next_uidvalidity()?,
+                uidnext: 1,
+                exists: 0,
+            };
+            self.put_mailbox(address, folder, &mailbox)?;
+        }
+        Ok(OpResult::UserAdded(true))
+    }
+
+    fn set_password(&mut self, address: &str, password_hash: &str) -> Result<OpResult, StoreError> {
+        if self.users.get(address)?.is_none() {
+            return Ok(OpResult::PasswordSet(false));
+        }
+        let rec = UserRec {
+            password_hash: password_hash.to_owned(),
+        };
+        self.users.insert(address, encode(&rec)?.as_slice())?;
+        Ok(OpResult::PasswordSet(true))
+    }
+
+    fn delete_user(&mut self, address: &str) -> Result<OpResult, StoreError> {
+        if self.users.get(address)?.is_none() {
+            return Ok(OpResult::UserDeleted(false));
+        }
+        // Read everything to remove first: a table cannot be changed while iterated.
+        let folders = tables::folders_of(&self.mailboxes, address)?;
+        for (folder, mailbox) in folders {
+            let mut messages = Vec::new();
+            for entry in self
+                .messages
+                .range((mailbox.id, 0)..=(mailbox.id, u32::MAX))?
+            {
+                let (key, rec) = entry?;
+                let rec: MessageRec = decode("message", rec.value())?;
+                messages.push((key.value().1, rec.body));
+            }
+            for (uid, body) in messages {
+                self.messages.remove((mailbox.id, uid))?;
+                self.release_body(body)?;
+            }
+            self.mailboxes.remove((address, folder.as_str()))?;
+        }
+        self.users.remove(address)?;
+        Ok(OpResult::UserDeleted(true))
+    }
+
+    fn put_secret(
+        &mut self,
+        name: &str,
+        value: &[u8],
+        only_if_absent: bool,
+    ) -> Result<OpResult, StoreError> {
+        if only_if_absent && let Some(old) = self.secrets.get(name)? {
+            return Ok(OpResult::Secret(old.value().to_vec()));
+        }
+        self.secrets.insert(name, value)?;
+        Ok(OpResult::Secret(value.to_vec()))
+    }
+
+    fn prune_dedupe(&mut self, older_than: i64) -> Result<OpResult, StoreError> {
+        let mut removed = 0;
+        self.dedupe.retain(|_, at| {
+            let keep = at >= older_than;
+            if !keep {
+                removed += 1;
+            }
+            keep
+        })?;
+        Ok(OpResult::Pruned(removed))
+    }
+
+    fn put_mailbox(
+        &mut self,
+        address: &str,
+        folder: &str,
+        mailbox: &MailboxRec,
+    ) -> Result<(), StoreError> {
+        self.mailboxes
+            .insert((address, folder), encode(mailbox)?.as_slice())?;
+        Ok(())
+    }
+
+    /// Returns a body id holding `message` with one more reference: the body this request
+    /// already wrote with the same bytes, or a new one.
+    fn share_body(
+        &mut self,
+        message: &Bytes,
+        written: &mut Vec<(Bytes, u64)>,
+    ) -> Result<u64, StoreError> {
+        let id = match written.iter().find(|(bytes, _)| bytes == message) {
+            Some((_, id)) => *id,
+            None => {
+                let id = self.next_counter(NEXT_BODY)?;
+                self.write_body(id, message)?;
+                written.push((message.clone(), id));
+                id
+            }
+        };
+        let refs = self.body_refs.get(id)?.map_or(0, |r| r.value());
+        self.body_refs.insert(id, refs + 1)?;
+        Ok(id)
+    }
+
+    fn write_body(&mut self, id: u64, message: &[u8]) -> Result<(), StoreError> {
+        if message.is_empty() {
+            self.bodies.insert((id, 0), [].as_slice())?;
+        }
+        for (index, chunk) in message.chunks(BODY_CHUNK).enumerate() {
+            let index = u32::try_from(index)
+                .map_err(|_| StoreError::Invalid("message too large".into()))?;
+            self.bodies.insert((id, index), chunk)?;
+        }
+        Ok(())
+    }
+
+    /// Drops one reference to a body, and the body with its last one.
+    fn release_body(&mut self, id: u64) -> Result<(), StoreError> {
+        let refs = self.body_refs.get(id)?.map_or(0, |r| r.value());
+        if refs > 1 {
+            self.body_refs.insert(id, refs - 1)?;
+        } else {
+            self.body_refs.remove(id)?;
+            self.bodies
+                .retain_in((id, 0)..=(id, u32::MAX), |_, _| false)?;
+        }
+        Ok(())
+    }
+
+    fn next_counter(&mut self, name: &str) -> Result<u64, StoreError> {
+        let value = self.counters.get(name)?.map_or(1, |v| v.value());
+        self.counters.insert(name, value + 1)?;
+        Ok(value)
+    }
+
+    /// UIDVALIDITY values grow across all folders and start from the clock, so a folder
+    /// deleted and created again (even after the file was replaced) gets a new one.
+    fn next_uidvalidity(&mut self) -> Result<u32, StoreError> {
+        let last = self
+            .counters
+            .get(LAST_UIDVALIDITY)?
+            .map_or(0, |v| v.value());
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let next = (last + 1).max(now);
+        let Ok(value) = u32::try_from(next) else {
+            return Err(StoreError::Invalid("UIDVALIDITY values are used up".into()));
+        };
+        self.counters.insert(LAST_UIDVALIDITY, next)?;
+        Ok(value)
+    }
+}

@@ -1,0 +1,639 @@
+//! Unit tests of the store (the power-cut tests are in powercut.rs).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+use super::powercut::SimBackend;
+use super::tables::{BODIES, BODY_REFS, MAILBOXES, MESSAGES, QUEUE, USERS};
+use super::*;
+use redb::ReadableTableMetadata;
+
+pub(super) fn delivery(rcpts: &[&str], body: &str) -> LocalDelivery {
+    LocalDelivery {
+        dedupe: None,
+        recipients: rcpts.iter().map(|r| r.to_string()).collect(),
+        folder: INBOX.to_owned(),
+        message: Bytes::from(body.to_owned()),
+        internal_date: 1_700_000_000,
+        flags: Vec::new(),
+    }
+}
+
+fn new_item(id: &str, body: &str) -> NewQueueItem {
+    NewQueueItem {
+        origin: "x".into(),
+        id: id.to_owned(),
+        sender: "alice@a.example".to_owned(),
+        recipients: vec!["bob@b.example".to_owned(), "carol@b.example".to_owned()],
+        created: 100,
+        next_attempt: 100,
+        expires: 100 + 5 * 86400,
+        message: Bytes::from(body.to_owned()),
+    }
+}
+
+fn memory_store() -> Store {
+    Store::open_with_backend(SimBackend::new()).expect("open store")
+}
+
+async fn with_users(store: &Store, users: &[&str]) {
+    for user in users {
+        assert!(store.add_user(user, "hash").await.expect("add user"));
+    }
+}
+
+fn uid(outcome: &(String, RcptOutcome)) -> u32 {
+    match outcome.1 {
+        RcptOutcome::Stored { uid } => uid,
+        other => panic!("{} not stored: {other:?}", outcome.0),
+    }
+}
+
+/// Checks the invariants between the tables: body reference counts match the messages and
+/// queue items referring to them, no body is orphaned, folder counters match their messages.
+pub(super) fn check_consistency(store: &Store) -> Result<(), String> {
+    let check = store.read(|txn| {
+        let mut problems = Vec::new();
+        let users = txn.open_table(USERS)?;
+        let mailboxes = txn.open_table(MAILBOXES)?;
+        let messages = txn.open_table(MESSAGES)?;
+        let bodies = txn.open_table(BODIES)?;
+        let body_refs = txn.open_table(BODY_REFS)?;
+        let queue = txn.open_table(QUEUE)?;
+
+        let mut body_sizes: BTreeMap<u64, u64> = BTreeMap::new();
+        for entry in bodies.iter()? {
+            let (key, chunk) = entry?;
+            *body_sizes.entry(key.value().0).or_default() += chunk.value().len() as u64;
+        }
+        let mut expected_refs: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut mailbox_ids = BTreeMap::new();
+        let mut uidvalidities = BTreeSet::new();
+        for entry in mailboxes.iter()? {
+            let (key, rec) = entry?;
+            let (address, folder) = key.value();
+            let rec: tables::MailboxRec = decode("mailbox", rec.value())?;
+            if users.get(address)?.is_none() {
+                problems.push(format!("mailbox {address}/{folder} without a user"));
+            }
+            if !uidvalidities.insert(rec.uidvalidity) {
+                problems.push(format!("uidvalidity {} used twice", rec.uidvalidity));
+            }
+            mailbox_ids.insert(rec.id, (format!("{address}/{folder}"), rec));
+        }
+        let mut counts: BTreeMap<u64, (u32, u32)> = BTreeMap::new();
+        for entry in messages.iter()? {
+            let (key, rec) = entry?;
+            let (mailbox, uid) = key.value();
+            let rec: MessageRec = decode("message", rec.value())?;
+            *expected_refs.entry(rec.body).or_default() += 1;
+            let count = counts.entry(mailbox).or_default();
+            count.0 += 1;
+            count.1 = count.1.max(uid);
+            if body_sizes.get(&rec.body) != Some(&rec.size) {
+                problems.push(format!(
+                    "message {mailbox}/{uid}: body missing or of other size"
+                ));
+            }
+        }
+        for (id, (name, rec)) in &mailbox_ids {
+            let (exists, max_uid) = counts.remove(id).unwrap_or((0, 0));
+            if exists != rec.exists {
+                problems.push(format!(
+                    "{name}: exists {} but {exists} messages",
+                    rec.exists
+                ));
+            }
+            if max_uid >= rec.uidnext {
+                problems.push(format!("{name}: uid {max_uid} >= uidnext {}", rec.uidnext));
+            }
+        }
+        for id in counts.keys() {
+            problems.push(format!("messages of unknown mailbox {id}"));
+        }
+        for entry in queue.iter()? {
+            let (id, rec) = entry?;
+            let rec: QueueRec = decode("queue item", rec.value())?;
+            *expected_refs.entry(rec.body).or_default() += 1;
+            if body_sizes.get(&rec.body) != Some(&rec.size) {
+                problems.push(format!(
+                    "queue item {}: body missing or of other size",
+                    id.value()
+                ));
+            }
+        }
+        let mut refs = BTreeMap::new();
+        for entry in body_refs.iter()? {
+            let (id, n) = entry?;
+            refs.insert(id.value(), n.value());
+        }
+        if refs != expected_refs {
+            problems.push(format!(
+                "body refcounts {refs:?}, references {expected_refs:?}"
+            ));
+        }
+        for id in body_sizes.keys() {
+            if !refs.contains_key(id) {
+                problems.push(format!("orphaned body {id}"));
+            }
+        }
+        Ok(problems)
+    });
+    match check {
+        Ok(problems) if problems.is_empty() => Ok(()),
+        Ok(problems) => Err(problems.join("; ")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Number of stored bodies.
+fn body_count(store: &Store) -> usize {
+    store
+        .read(|txn| Ok(txn.open_table(BODY_REFS)?.len()?))
+        .expect("count bodies") as usize
+}
+
+#[tokio::test]
+async fn deliver_to_several_users_and_uids_increase() {
+    let store = memory_store();
+    with_users(&store, &["a@x", "b@x", "c@x"]).await;
+    let first = store
+        .deliver(delivery(&["a@x", "b@x"], "one"))
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 2);
+    assert_eq!((uid(&first[0]), uid(&first[1])), (1, 1));
+    let second = store
+        .deliver(delivery(&["a@x", "c@x"], "two"))
+        .await
+        .unwrap();
+    assert_eq!((uid(&second[0]), uid(&second[1])), (2, 1));
+
+    let a = store.messages("a@x", INBOX).unwrap();
+    assert_eq!(a.iter().map(|m| m.uid).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(a[0].size, 3);
+    assert_eq!(a[0].internal_date, 1_700_000_000);
+    assert_eq!(
+        store.message_body("a@x", INBOX, 2).unwrap().unwrap(),
+        b"two"
+    );
+    assert_eq!(
+        store.message_body("b@x", INBOX, 1).unwrap().unwrap(),
+        b"one"
+    );
+    assert_eq!(store.message_body("b@x", INBOX, 2).unwrap(), None);
+    // One body per delivery, shared by its recipients.
+    assert_eq!(
+        a[0].body_id,
+        store.messages("b@x", INBOX).unwrap()[0].body_id
+    );
+    assert_eq!(body_count(&store), 2);
+
+    let info = store.mailbox("a@x", INBOX).unwrap().unwrap();
+    assert_eq!((info.uidnext, info.exists), (3, 2));
+    assert_ne!(info.uidvalidity, 0);
+    assert_eq!(store.mailbox("a@x", "Nope").unwrap(), None);
+    check_consistency(&store).unwrap();
+}
+
+#[tokio::test]
+async fn unknown_user_and_folder_are_outcomes() {
+    let store = memory_store();
+    with_users(&store, &["a@x"]).await;
+    let outcomes = store
+        .deliver(delivery(&["nobody@x", "a@x"], "hi"))
+        .await
+        .unwrap();
+    assert_eq!(outcomes[0], ("nobody@x".into(), RcptOutcome::NoSuchUser));
+    assert_eq!(outcomes[1], ("a@x".into(), RcptOutcome::Stored { uid: 1 }));
+
+    let mut to_folder = delivery(&["a@x"], "x");
+    to_folder.folder = "Archive".into();
+    assert_eq!(
+        store.deliver(to_folder).await.unwrap(),
+        [("a@x".into(), RcptOutcome::NoSuchFolder)]
+    );
+    let mut sent = delivery(&["a@x"], "copy");
+    sent.folder = "Sent".into();
+    sent.flags = vec!["\\Seen".into()];
+    assert_eq!(
+        store.deliver(sent).await.unwrap(),
+        [("a@x".into(), RcptOutcome::Stored { uid: 1 })]
+    );
+    assert_eq!(store.messages("a@x", "Sent").unwrap()[0].flags, ["\\Seen"]);
+
+    // Nobody stored: no body left behind.
+    store
+        .deliver(delivery(&["nobody@x"], "lost"))
+        .await
+        .unwrap();
+    assert_eq!(body_count(&store), 2);
+    check_consistency(&store).unwrap();
+}
+
+#[tokio::test]
+async fn dedupe_stores_each_recipient_once() {
+    let store = memory_store();
+    with_users(&store, &["a@x", "b@x"]).await;
+    let key = DedupeKey {
+        domain: "remote.example".into(),
+        mail_id: "m1".into(),
+    };
+    let mut d = delivery(&["a@x"], "hello");
+    d.dedupe = Some(key.clone());
+    assert_eq!(
+        store.deliver(d.clone()).await.unwrap(),
+        [("a@x".into(), RcptOutcome::Stored { uid: 1 })]
+    );
+    assert!(store.is_duplicate(&key, "a@x").unwrap());
+    assert!(!store.is_duplicate(&key, "b@x").unwrap());
+
+    // The retry also names b@x: only b@x is new. A repeated recipient in one op is a duplicate.
+    d.recipients = vec!["a@x".into(), "b@x".into(), "b@x".into()];
+    assert_eq!(
+        store.deliver(d.clone()).await.unwrap(),
+        [
+            ("a@x".into(), RcptOutcome::Duplicate),
+            ("b@x".into(), RcptOutcome::Stored { uid: 1 }),
+            ("b@x".into(), RcptOutcome::Duplicate),
+        ]
+    );
+    assert_eq!(store.messages("a@x", INBOX).unwrap().len(), 1);
+    assert_eq!(store.messages("b@x", INBOX).unwrap().len(), 1);
+    assert_eq!(store.mailbox("a@x", INBOX).unwrap().unwrap().uidnext, 2);
+
+    // Another domain's mail with the same id is another mail.
+    let mut other = d.clone();
+    other.dedupe = Some(DedupeKey {
+        domain: "other.example".into(),
+        mail_id: "m1".into(),
+    });
+    other.recipients = vec!["a@x".into()];
+    assert_eq!(
+        store.deliver(other).await.unwrap(),
+        [("a@x".into(), RcptOutcome::Stored { uid: 2 })]
+    );
+
+    // Records are pruned by delivery time.
+    assert_eq!(store.prune_dedupe(1_700_000_000).await.unwrap(), 0);
+    assert_eq!(store.prune_dedupe(1_700_000_001).await.unwrap(), 3);
+    assert!(!store.is_duplicate(&key, "a@x").unwrap());
+    check_consistency(&store).unwrap();
+}
+
+#[tokio::test]
+async fn queue_lifecycle_and_body_refcount() {
+    let store = memory_store();
+    with_users(&store, &["alice@a.example"]).await;
+    assert!(store.enqueue(new_item("q1", "first")).await.unwrap());
+    assert!(!store.enqueue(new_item("q1", "again")).await.unwrap());
+    assert_eq!(store.queue_body("q1").unwrap().unwrap(), b"first");
+
+    let mut item = store.queue_item("q1").unwrap().unwrap();
+    assert_eq!(item.size, 5);
+    assert_eq!(item.attempts, 0);
+    assert_eq!(item.recipients[0].status, RcptStatus::Pending);
+    item.attempts = 1;
+    item.next_attempt = 700;
+    item.expires = 1; // not mutable: kept
+    item.recipients[0].status = RcptStatus::Delivered { at: 600 };
+    item.recipients[1].status = RcptStatus::Failed {
+        code: "4.4.1".into(),
+        text: "no route".into(),
+    };
+    item.recipients[1].last_error = Some("connection refused".into());
+    assert!(store.update_queue(item.clone()).await.unwrap());
+    let stored = store.queue_item("q1").unwrap().unwrap();
+    assert_eq!(stored.expires, 100 + 5 * 86400);
+    item.expires = stored.expires;
+    assert_eq!(stored, item);
+    let mut unknown = item.clone();
+    unknown.id = "nope".into();
+    assert!(!store.update_queue(unknown).await.unwrap());
+
+    // A submission: Sent copy for the sender and the queue item share one body.
+    let body = Bytes::from_static(b"shared body");
+    let mut sent = delivery(&["alice@a.example"], "");
+    sent.folder = "Sent".into();
+    sent.message = body.clone();
+    let mut queued = new_item("q2", "");
+    queued.message = body;
+    let results = store
+        .apply(vec![Op::Deliver(sent), Op::Enqueue(queued)])
+        .await
+        .unwrap();
+    assert_eq!(results[1], OpResult::Enqueued(true));
+    assert_eq!(body_count(&store), 2);
+    let ids: Vec<String> = store.queue().unwrap().into_iter().map(|i| i.id).collect();
+    assert_eq!(ids, ["q1", "q2"]);
+
+    assert!(store.remove_queue("q1").await.unwrap());
+    assert!(!store.remove_queue("q1").await.unwrap());
+    assert_eq!(store.queue_body("q1").unwrap(), None);
+    assert_eq!(body_count(&store), 1);
+    // The Sent copy still holds the shared body.
+    assert!(store.remove_queue("q2").await.unwrap());
+    assert_eq!(body_count(&store), 1);
+    assert_eq!(
+        store
+            .message_body("alice@a.example", "Sent", 1)
+            .unwrap()
+            .unwrap(),
+        b"shared body"
+    );
+    check_consistency(&store).unwrap();
+    assert!(store.delete_user("alice@a.example").await.unwrap());
+    assert_eq!(body_count(&store), 0);
+    check_consistency(&store).unwrap();
+}
+
+#[tokio::test]
+async fn users_add_delete_list() {
+    let store = memory_store();
+    with_users(&store, &["b@x", "a@x"]).await;
+    assert!(!store.add_user("a@x", "other").await.unwrap());
+    assert_eq!(store.users().unwrap(), ["a@x", "b@x"]);
+    assert_eq!(store.user("a@x").unwrap().unwrap().password_hash, "hash");
+    assert!(store.set_password("a@x", "new").await.unwrap());
+    assert!(!store.set_password("z@x", "new").await.unwrap());
+    assert_eq!(
+        store.user("a@x").unwrap(),
+        Some(UserRecord {
+            address: "a@x".into(),
+            password_hash: "new".into()
+        })
+    );
+    let mut folders = DEFAULT_FOLDERS.map(String::from).to_vec();
+    folders.sort();
+    assert_eq!(store.folders("a@x").unwrap(), folders);
+    assert_eq!(store.folders("z@x").unwrap(), Vec::<String>::new());
+    let validities: BTreeSet<u32> = DEFAULT_FOLDERS
+        .iter()
+        .map(|f| store.mailbox("a@x", f).unwrap().unwrap().uidvalidity)
+        .collect();
+    assert_eq!(validities.len(), DEFAULT_FOLDERS.len());
+    let old_validity = store.mailbox("a@x", INBOX).unwrap().unwrap().uidvalidity;
+
+    store
+        .deliver(delivery(&["a@x", "b@x"], "to both"))
+        .await
+        .unwrap();
+    store.deliver(delivery(&["a@x"], "to a")).await.unwrap();
+    assert!(store.delete_user("a@x").await.unwrap());
+    assert!(!store.delete_user("a@x").await.unwrap());
+    assert_eq!(store.users().unwrap(), ["b@x"]);
+    assert_eq!(store.user("a@x").unwrap(), None);
+    assert_eq!(store.folders("a@x").unwrap(), Vec::<String>::new());
+    assert_eq!(body_count(&store), 1);
+    check_consistency(&store).unwrap();
+
+    // Created again: new folders, new UIDVALIDITY, UIDs from 1.
+    with_users(&store, &["a@x"]).await;
+    let info = store.mailbox("a@x", INBOX).unwrap().unwrap();
+    assert!(info.uidvalidity > old_validity);
+    assert_eq!((info.uidnext, info.exists), (1, 0));
+    check_consistency(&store).unwrap();
+}
+
+#[tokio::test]
+async fn secrets_only_if_absent() {
+    let store = memory_store();
+    assert_eq!(store.secret("dialback").unwrap(), None);
+    assert_eq!(
+        store
+            .put_secret("dialback", b"k1".to_vec(), true)
+            .await
+            .unwrap(),
+        b"k1"
+    );
+    assert_eq!(
+        store
+            .put_secret("dialback", b"k2".to_vec(), true)
+            .await
+            .unwrap(),
+        b"k1"
+    );
+    assert_eq!(store.secret("dialback").unwrap().unwrap(), b"k1");
+    assert_eq!(
+        store
+            .put_secret("dialback", b"k3".to_vec(), false)
+            .await
+            .unwrap(),
+        b"k3"
+    );
+    assert_eq!(store.secret("dialback").unwrap().unwrap(), b"k3");
+}
+
+#[tokio::test]
+async fn ops_of_one_call_are_applied_in_order() {
+    let store = memory_store();
+    let results = store
+        .apply(vec![
+            Op::AddUser {
+                address: "a@x".into(),
+                password_hash: "h".into(),
+            },
+            Op::Deliver(delivery(&["a@x"], "first")),
+            Op::SetPassword {
+                address: "a@x".into(),
+                password_hash: "h2".into(),
+            },
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        results,
+        [
+            OpResult::UserAdded(true),
+            OpResult::Delivered(vec![("a@x".into(), RcptOutcome::Stored { uid: 1 })]),
+            OpResult::PasswordSet(true),
+        ]
+    );
+    assert_eq!(store.apply(Vec::new()).await.unwrap(), []);
+}
+
+#[tokio::test]
+async fn reopen_sees_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(dir.path());
+    let key = DedupeKey {
+        domain: "r.example".into(),
+        mail_id: "m".into(),
+    };
+    let validity;
+    {
+        let store = Store::open(&path).unwrap();
+        with_users(&store, &["a@x"]).await;
+        let mut d = delivery(&["a@x"], "kept");
+        d.dedupe = Some(key.clone());
+        store.deliver(d).await.unwrap();
+        store.enqueue(new_item("q", "queued")).await.unwrap();
+        store.put_secret("s", b"v".to_vec(), true).await.unwrap();
+        validity = store.mailbox("a@x", INBOX).unwrap().unwrap().uidvalidity;
+    }
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.users().unwrap(), ["a@x"]);
+    assert_eq!(
+        store.message_body("a@x", INBOX, 1).unwrap().unwrap(),
+        b"kept"
+    );
+    let info = store.mailbox("a@x", INBOX).unwrap().unwrap();
+    assert_eq!((info.uidvalidity, info.uidnext), (validity, 2));
+    assert!(store.is_duplicate(&key, "a@x").unwrap());
+    assert_eq!(store.queue_body("q").unwrap().unwrap(), b"queued");
+    assert_eq!(store.secret("s").unwrap().unwrap(), b"v");
+    // UIDs continue after the reopen.
+    let outcome = store.deliver(delivery(&["a@x"], "next")).await.unwrap();
+    assert_eq!(uid(&outcome[0]), 2);
+    check_consistency(&store).unwrap();
+}
+
+#[tokio::test]
+async fn second_open_is_locked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(dir.path());
+    let store = Store::open(&path).unwrap();
+    match Store::open(&path) {
+        Err(StoreError::Locked(locked)) => assert_eq!(locked, path),
+        Err(e) => panic!("expected Locked, got {e}"),
+        Ok(_) => panic!("opened twice"),
+    }
+    // Dropping the last handle closes the file.
+    drop(store);
+    Store::open(&path).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn group_commit_batches_concurrent_deliveries() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&db_path(dir.path())).unwrap();
+    with_users(&store, &["a@x", "b@x"]).await;
+    let before = store.commits();
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let body = format!("message {i}");
+                store.deliver(delivery(&["a@x", "b@x"], &body)).await
+            })
+        })
+        .collect();
+    for task in tasks {
+        let outcomes = task.await.unwrap().unwrap();
+        assert!(matches!(outcomes[0].1, RcptOutcome::Stored { .. }));
+    }
+    let commits = store.commits() - before;
+    println!(
+        "group commit: 200 concurrent deliveries in {commits} commits, {:?}",
+        started.elapsed()
+    );
+    assert!(commits < 50, "200 deliveries took {commits} commits");
+
+    // Steady state: 8 tasks delivering one after another share commits as they overlap.
+    let before = store.commits();
+    let tasks: Vec<_> = (0..8)
+        .map(|t| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for i in 0..25 {
+                    let body = format!("message {t}-{i}");
+                    store
+                        .deliver(delivery(&["b@x"], &body))
+                        .await
+                        .expect("deliver");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    println!(
+        "group commit: 8 tasks x 25 sequential deliveries in {} commits",
+        store.commits() - before
+    );
+    let uids: Vec<u32> = store
+        .messages("a@x", INBOX)
+        .unwrap()
+        .iter()
+        .map(|m| m.uid)
+        .collect();
+    assert_eq!(uids, (1..=200).collect::<Vec<u32>>());
+    check_consistency(&store).unwrap();
+}
+
+#[tokio::test]
+async fn large_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(dir.path());
+    let body: Vec<u8> = (0..30 << 20).map(|i: u32| (i % 251) as u8).collect();
+    {
+        let store = Store::open(&path).unwrap();
+        with_users(&store, &["a@x"]).await;
+        let mut d = delivery(&["a@x"], "");
+        d.message = Bytes::from(body.clone());
+        store.deliver(d).await.unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.messages("a@x", INBOX).unwrap()[0].size, 30 << 20);
+    assert!(store.message_body("a@x", INBOX, 1).unwrap().unwrap() == body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn corrupt_record_fails_only_its_request() {
+    let store = memory_store();
+    with_users(&store, &["a@x", "b@x"]).await;
+    // Damage b@x's INBOX record behind the store's back.
+    {
+        let slot = store.inner.shared.db.read().unwrap();
+        let txn = slot.as_ref().unwrap().begin_write().unwrap();
+        txn.open_table(MAILBOXES)
+            .unwrap()
+            .insert(("b@x", INBOX), b"garbage".as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let store = store.clone();
+            let rcpt = if i == 7 { "b@x" } else { "a@x" };
+            tokio::spawn(async move { store.deliver(delivery(&[rcpt], "m")).await })
+        })
+        .collect();
+    for (i, task) in tasks.into_iter().enumerate() {
+        let result = task.await.unwrap();
+        if i == 7 {
+            assert!(matches!(result, Err(StoreError::Corrupt(_))), "{result:?}");
+        } else {
+            assert!(result.is_ok(), "{result:?}");
+        }
+    }
+    assert_eq!(store.messages("a@x", INBOX).unwrap().len(), 19);
+}
+
+#[tokio::test]
+async fn io_failure_fails_the_batch_and_the_writer_recovers() {
+    let backend = SimBackend::new();
+    let store = Store::open_with_backend(backend.clone()).unwrap();
+    with_users(&store, &["a@x"]).await;
+    store.deliver(delivery(&["a@x"], "before")).await.unwrap();
+
+    backend.set_failing(true);
+    let failed = store.deliver(delivery(&["a@x"], "during")).await;
+    assert!(matches!(failed, Err(StoreError::Io(_))), "{failed:?}");
+    // Still failing: the reopen fails too, and so does the next write.
+    assert!(store.deliver(delivery(&["a@x"], "during")).await.is_err());
+
+    backend.set_failing(false);
+    let outcome = store.deliver(delivery(&["a@x"], "after")).await.unwrap();
+    let bodies: Vec<Vec<u8>> = store
+        .messages("a@x", INBOX)
+        .unwrap()
+        .iter()
+        .map(|m| store.message_body("a@x", INBOX, m.uid).unwrap().unwrap())
+        .collect();
+    assert_eq!(bodies, [b"before".to_vec(), b"after".to_vec()]);
+    assert_eq!(uid(&outcome[0]), 2);
+    check_consistency(&store).unwrap();
+}
