@@ -522,3 +522,49 @@ fn fake_conn(sock: TcpStream, domain: &str, log: std::sync::Arc<std::sync::Mutex
         }
     }
 }
+
+/// A test CA and a certificate for each domain, as PEM files in `dir`.
+/// Returns the CA path and (cert, key) paths per domain.
+pub fn make_certs(dir: &Path, domains: &[&str]) -> (PathBuf, Vec<(PathBuf, PathBuf)>) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "xmta test CA");
+    let ca_key = KeyPair::generate().expect("ca key");
+    let ca = CertifiedIssuer::self_signed(ca_params, ca_key).expect("ca cert");
+    let ca_path = dir.join("ca.pem");
+    std::fs::write(&ca_path, ca.pem()).expect("write ca");
+    let mut out = Vec::new();
+    for d in domains {
+        let mut p = CertificateParams::new(vec![d.to_string()]).expect("params");
+        p.distinguished_name.push(DnType::CommonName, *d);
+        let key = KeyPair::generate().expect("key");
+        let cert = p.signed_by(&key, &ca).expect("sign");
+        let cp = dir.join(format!("{d}.pem"));
+        let kp = dir.join(format!("{d}.key"));
+        std::fs::write(&cp, cert.pem()).expect("write cert");
+        std::fs::write(&kp, key.serialize_pem()).expect("write key");
+        out.push((cp, kp));
+    }
+    (ca_path, out)
+}
+
+/// Replaces the `tls = ...` line of a server's config and adds certificate keys.
+pub fn set_tls(x: &mut Xmta, mode: &str, cert: Option<(&Path, &Path)>, ca: Option<&Path>) {
+    let mut cfg = std::fs::read_to_string(&x.config).expect("config");
+    let mut lines = format!("tls = \"{mode}\"\n");
+    if let Some((c, k)) = cert {
+        lines.push_str(&format!(
+            "cert = \"{}\"\nkey = \"{}\"\n",
+            c.display(),
+            k.display()
+        ));
+    }
+    if let Some(ca) = ca {
+        lines.push_str(&format!("ca = \"{}\"\n", ca.display()));
+    }
+    cfg = cfg.replacen("tls = \"off\"\n", &lines, 1);
+    std::fs::write(&x.config, cfg).expect("config");
+}
