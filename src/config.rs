@@ -341,6 +341,14 @@ impl Config {
                 return Err(self.invalid(k, "must be at least 1"));
             }
         }
+        // XEP-MTA §11.2/§11.3: senders give up within 7 days, receivers remember at least
+        // that long, so a retry can never be stored twice.
+        if self.delivery.expire_secs > 7 * 86_400 {
+            return Err(self.invalid("delivery.expire_secs", "must be at most 604800 (7 days)"));
+        }
+        if self.delivery.dedupe_days < 7 {
+            return Err(self.invalid("delivery.dedupe_days", "must be at least 7"));
+        }
         if self.delivery.retry_max_secs < self.delivery.retry_initial_secs {
             return Err(self.invalid(
                 "delivery.retry_max_secs",

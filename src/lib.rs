@@ -29,7 +29,7 @@ pub fn now() -> i64 {
         .unwrap_or(0)
 }
 
-/// A new globally unique mail id (128 random bits; XEP-MTA §4).
+/// A new globally unique mail id (128 random bits; XEP-MTA §7.2).
 pub fn new_mail_id() -> String {
     let b: [u8; 16] = rand::random();
     hex::encode(b)

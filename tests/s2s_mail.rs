@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 
-/// XEP-MTA §4 (the mail stanza) and §6 (the receipt): mail both ways, stored exactly as
+/// XEP-MTA §7 (the mail stanza) and §10 (the receipt): mail both ways, stored exactly as
 /// sent (after the receiving server's trace header), and the sender's queue empties only
 /// on the receipt.
 #[test]

@@ -3,7 +3,7 @@
 //!
 //! A recipient leaves the queue only on the receiving server's receipt (stored or failed)
 //! or on expiry; a lost receipt means a retry, which the receiver's duplicate memory
-//! absorbs (XEP-MTA §7).
+//! absorbs (XEP-MTA §11).
 
 pub mod dsn;
 pub mod queue;

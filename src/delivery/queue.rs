@@ -2,8 +2,9 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use minidom::Element;
 use rand::Rng;
 use tokio::sync::{Notify, Semaphore, oneshot};
 use tracing::{debug, info, warn};
@@ -14,8 +15,15 @@ use crate::config::Config;
 use crate::mta::payload::{
     self, Envelope, MailError, OutgoingMail, RcptStatus as ReceiptStatus, Receipt,
 };
-use crate::s2s::{S2s, S2sError};
+use crate::s2s::{OutboundConn, S2s, S2sError};
 use crate::store::{LocalDelivery, NewQueueItem, Op, QueueItem, RcptStatus, Store};
+use crate::xml::ns;
+use crate::xml::writer::escape_attr;
+
+/// How long a discovery answer is trusted (XEP-MTA §5.1).
+const DISCO_TTL: Duration = Duration::from_secs(3600);
+/// How long to wait for a discovery answer before deferring.
+const DISCO_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What came back from a receiving server for one mail.
 #[derive(Debug)]
@@ -32,74 +40,217 @@ enum Attempt {
     Deferred(String),
 }
 
+type Key = (String, String);
+
 pub struct Delivery {
     cfg: Arc<Config>,
     store: Store,
     s2s: Arc<S2s>,
     /// (remote domain, mail id) -> the attempt waiting for that domain's receipt.
-    waiters: Mutex<HashMap<(String, String), oneshot::Sender<PeerAnswer>>>,
+    waiters: Mutex<HashMap<Key, oneshot::Sender<PeerAnswer>>>,
+    /// Stanza-id prefix of each transmission -> its (remote domain, mail id), to match
+    /// errors from servers that do not echo `<mail/>`.
+    transmissions: Mutex<HashMap<String, Key>>,
+    /// (remote domain, iq id) -> a discovery query waiting for its answer.
+    iq_waiters: Mutex<HashMap<Key, oneshot::Sender<Element>>>,
+    /// Remote domain -> (speaks urn:xmpp:mta:0, when learnt).
+    disco: Mutex<HashMap<String, (bool, Instant)>>,
     /// (due time, queue id) of every queued item not being attempted right now.
     schedule: Mutex<BTreeSet<(i64, String)>>,
     inflight: Mutex<HashSet<String>>,
     wake: Notify,
     slots: Arc<Semaphore>,
+    /// A handle on itself for tasks started from `&self` callbacks.
+    me: std::sync::OnceLock<std::sync::Weak<Delivery>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Delivery {
     pub fn new(cfg: Arc<Config>, store: Store, s2s: Arc<S2s>) -> Arc<Delivery> {
         let slots = Arc::new(Semaphore::new(cfg.delivery.concurrency));
-        Arc::new(Delivery {
+        let d = Arc::new(Delivery {
             cfg,
             store,
             s2s,
             waiters: Mutex::new(HashMap::new()),
+            transmissions: Mutex::new(HashMap::new()),
+            iq_waiters: Mutex::new(HashMap::new()),
+            disco: Mutex::new(HashMap::new()),
             schedule: Mutex::new(BTreeSet::new()),
             inflight: Mutex::new(HashSet::new()),
             wake: Notify::new(),
             slots,
-        })
+            me: std::sync::OnceLock::new(),
+        });
+        let _ = d.me.set(Arc::downgrade(&d));
+        d
     }
 
     /// Puts an item (already durable in the store) on the schedule.
     pub fn schedule(&self, id: &str, at: i64) {
-        self.schedule
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert((at, id.to_string()));
+        lock(&self.schedule).insert((at, id.to_string()));
         self.wake.notify_one();
     }
 
-    /// A receipt from `domain`: hand it to the attempt waiting for it, if any.
+    /// A receipt from `domain`: hand it to the attempt waiting for it, or apply it to the
+    /// queue if that attempt already gave up waiting.
     pub fn on_receipt(&self, domain: &str, receipt: Receipt) {
         let key = (domain.to_string(), receipt.id.clone());
-        match self
-            .waiters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&key)
-        {
+        match lock(&self.waiters).remove(&key) {
             Some(tx) => {
                 let _ = tx.send(PeerAnswer::Receipt(receipt));
             }
-            None => {
-                debug!(domain, id = %receipt.id, "receipt for no waiting delivery (late or duplicate)")
-            }
+            None => self.late_receipt(domain, receipt),
         }
     }
 
-    pub fn on_error(&self, domain: &str, err: MailError) {
+    /// A stanza error from `domain` answering one of our mail stanzas.
+    pub fn on_error(&self, domain: &str, stanza_id: &str, mut err: MailError) {
+        if err.mail_id.is_empty() {
+            let prefix = stanza_id
+                .rsplit_once('-')
+                .map(|(p, _)| p)
+                .unwrap_or(stanza_id);
+            match lock(&self.transmissions).get(prefix) {
+                Some((d, id)) if d == domain => err.mail_id = id.clone(),
+                _ => {
+                    debug!(domain, stanza_id, "error for no transmission of ours");
+                    return;
+                }
+            }
+        }
         let key = (domain.to_string(), err.mail_id.clone());
-        match self
-            .waiters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&key)
-        {
+        match lock(&self.waiters).remove(&key) {
             Some(tx) => {
                 let _ = tx.send(PeerAnswer::Error(err));
             }
             None => debug!(domain, id = %err.mail_id, "mail error for no waiting delivery"),
         }
+    }
+
+    /// An iq result or error from `domain` (answers to our discovery queries).
+    pub fn on_iq(&self, domain: &str, el: &Element) {
+        let key = (
+            domain.to_string(),
+            el.attr("id").unwrap_or_default().to_string(),
+        );
+        if let Some(tx) = lock(&self.iq_waiters).remove(&key) {
+            let _ = tx.send(el.clone());
+        }
+    }
+
+    /// Whether `domain` takes mail over XMPP (XEP-MTA §5.1): disco#info on its domain
+    /// JID, cached. `Err` means no answer (connectivity): defer, cache nothing.
+    async fn speaks_mta(
+        &self,
+        origin: &str,
+        domain: &str,
+        conn: &OutboundConn,
+    ) -> Result<bool, String> {
+        if let Some((yes, at)) = lock(&self.disco).get(domain)
+            && at.elapsed() < DISCO_TTL
+        {
+            return Ok(*yes);
+        }
+        let id = format!("disco-{}", crate::new_mail_id());
+        let (tx, rx) = oneshot::channel();
+        lock(&self.iq_waiters).insert((domain.to_string(), id.clone()), tx);
+        let q = format!(
+            "<iq type='get' from='{}' to='{}' id='{id}'><query xmlns='{}'/></iq>",
+            escape_attr(origin),
+            escape_attr(domain),
+            ns::DISCO_INFO
+        );
+        let sent = conn.send(q).await;
+        let answer = match sent {
+            Ok(()) => tokio::time::timeout(DISCO_TIMEOUT, rx).await,
+            Err(e) => {
+                lock(&self.iq_waiters).remove(&(domain.to_string(), id));
+                return Err(e.to_string());
+            }
+        };
+        lock(&self.iq_waiters).remove(&(domain.to_string(), id));
+        let el = match answer {
+            Ok(Ok(el)) => el,
+            _ => return Err(format!("no answer to service discovery from {domain}")),
+        };
+        let yes = el.attr("type") == Some("result")
+            && el
+                .get_child("query", ns::DISCO_INFO)
+                .map(|q| {
+                    q.children()
+                        .any(|f| f.is("feature", ns::DISCO_INFO) && f.attr("var") == Some(ns::MTA))
+                })
+                .unwrap_or(false);
+        info!(domain, mail_over_xmpp = yes, "service discovery");
+        lock(&self.disco).insert(domain.to_string(), (yes, Instant::now()));
+        Ok(yes)
+    }
+
+    fn forget_disco(&self, domain: &str) {
+        lock(&self.disco).remove(domain);
+    }
+
+    /// A receipt that arrived after its attempt stopped waiting (XEP-MTA §10.3): apply it
+    /// to the recipients still pending, so they are not sent again.
+    fn late_receipt(&self, domain: &str, receipt: Receipt) {
+        let item_id = receipt.id.split('.').next().unwrap_or_default().to_string();
+        if lock(&self.inflight).contains(&item_id) {
+            debug!(domain, id = %receipt.id, "late receipt while a new attempt runs; it gets its own");
+            return;
+        }
+        let Some(me) = self.me.get().and_then(|w| w.upgrade()) else {
+            return;
+        };
+        let domain = domain.to_string();
+        tokio::spawn(async move {
+            let Ok(Some(item)) = me.store.queue_item(&item_id) else {
+                debug!(%domain, id = %receipt.id, "receipt for no queued mail (already done)");
+                return;
+            };
+            if !lock(&me.inflight).insert(item_id.clone()) {
+                return;
+            }
+            let mut results = HashMap::new();
+            for r in &receipt.rcpts {
+                let Some(q) = item.recipients.iter().find(|q| q.address == r.to) else {
+                    continue;
+                };
+                let in_domain = MailAddress::parse(&q.address)
+                    .map(|a| a.domain() == domain)
+                    .unwrap_or(false);
+                if !in_domain || !matches!(q.status, RcptStatus::Pending) {
+                    continue;
+                }
+                match r.status {
+                    ReceiptStatus::Stored { .. } => {
+                        results.insert(q.address.clone(), Attempt::Delivered);
+                    }
+                    ReceiptStatus::Failed => {
+                        results.insert(q.address.clone(), receipt_failure(r));
+                    }
+                    ReceiptStatus::Deferred => {}
+                }
+            }
+            if !results.is_empty() {
+                info!(%domain, id = %receipt.id, recipients = results.len(), "late receipt applied");
+                let body = me
+                    .store
+                    .queue_body(&item_id)
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default();
+                let mut item = item;
+                lock(&me.schedule).remove(&(item.next_attempt, item_id.clone()));
+                // Recording counts an attempt; a late receipt is not one.
+                item.attempts = item.attempts.saturating_sub(1);
+                me.record(item, &body, results).await;
+            }
+            lock(&me.inflight).remove(&item_id);
+        });
     }
 
     /// Loads the queue and runs attempts as they fall due, forever.
@@ -119,8 +270,13 @@ impl Delivery {
             }
             Err(e) => warn!(error = %e, "could not load the queue"),
         }
+        let mut next_prune = 0i64;
         loop {
             let now = crate::now();
+            if now >= next_prune {
+                next_prune = now + 3600;
+                self.prune_dedupe(now);
+            }
             let (due, next_at) = {
                 let mut sched = self.schedule.lock().unwrap_or_else(|p| p.into_inner());
                 let mut due = Vec::new();
@@ -167,6 +323,25 @@ impl Delivery {
                 _ = tokio::time::sleep(sleep) => {}
             }
         }
+    }
+
+    /// Forgets duplicate-suppression records older than `delivery.dedupe_days`
+    /// (XEP-MTA §11.3: longer than any sender retries).
+    fn prune_dedupe(&self, now: i64) {
+        let older_than = now - self.cfg.delivery.dedupe_days as i64 * 86_400;
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            match store.apply(vec![Op::PruneDedupe { older_than }]).await {
+                Ok(r) => {
+                    if let Some(crate::store::OpResult::Pruned(n)) = r.first()
+                        && *n > 0
+                    {
+                        info!(records = n, "pruned old duplicate-suppression records");
+                    }
+                }
+                Err(e) => warn!(error = %e, "could not prune duplicate-suppression records"),
+            }
+        });
     }
 
     fn backoff(&self, attempts: u32) -> i64 {
@@ -299,7 +474,8 @@ impl Delivery {
         };
         let conn = match self.s2s.stream(origin, domain).await {
             Ok(c) => c,
-            Err(S2sError::Resolve(crate::s2s::resolve::ResolveError::NotFound(d))) => {
+            Err(S2sError::Resolve(crate::s2s::resolve::ResolveError::NotFound(d)))
+            | Err(S2sError::Resolve(crate::s2s::resolve::ResolveError::Refused(d))) => {
                 return all(Attempt::Failed {
                     status: "5.1.2".into(),
                     diagnostic: format!(
@@ -312,16 +488,21 @@ impl Delivery {
                 return all(Attempt::Deferred(e.to_string()));
             }
         };
-        let envelope = Envelope {
-            mail_from: item.sender.clone(),
-            rcpt_to: rcpts.to_vec(),
-        };
         let stanza_from = if item.sender.is_empty() {
             origin.to_string()
         } else {
             MailAddress::parse(&item.sender)
                 .map(|a| a.to_jid())
                 .unwrap_or_else(|_| origin.to_string())
+        };
+        match self.speaks_mta(origin, domain, &conn).await {
+            Ok(true) => {}
+            Ok(false) => return self.legacy(&conn, &stanza_from, item, rcpts, body).await,
+            Err(e) => return all(Attempt::Deferred(e)),
+        }
+        let envelope = Envelope {
+            mail_from: item.sender.clone(),
+            rcpt_to: rcpts.to_vec(),
         };
         let stanza_to = if rcpts.len() == 1 {
             MailAddress::parse(&rcpts[0])
@@ -330,10 +511,12 @@ impl Delivery {
         } else {
             domain.to_string()
         };
+        let transmission = crate::new_mail_id();
         let mail = OutgoingMail {
             stanza_from: &stanza_from,
             stanza_to: &stanza_to,
             mail_id,
+            transmission: &transmission,
             envelope: &envelope,
             message: body,
             body: Some(payload::fallback_body(body)),
@@ -342,51 +525,61 @@ impl Delivery {
             Ok(s) => s,
             Err(e) => return all(Attempt::Deferred(format!("451 4.3.4 {e}"))),
         };
+        // At most a receiver's worth of chunked mails in flight per stream (§8.4).
+        let _permit = if stanzas.len() > 1 {
+            match conn.chunked.clone().acquire_owned().await {
+                Ok(p) => Some(p),
+                Err(_) => return all(Attempt::Deferred("stream closed".into())),
+            }
+        } else {
+            None
+        };
         let (tx, rx) = oneshot::channel();
         let key = (domain.to_string(), mail_id.to_string());
-        self.waiters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key.clone(), tx);
+        lock(&self.waiters).insert(key.clone(), tx);
+        lock(&self.transmissions).insert(transmission.clone(), key.clone());
         let n = stanzas.len();
+        let mut sent = Ok(());
         for s in stanzas {
-            if let Err(e) = conn.send(s).await {
-                self.waiters
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&key);
-                return all(Attempt::Deferred(e.to_string()));
+            sent = conn.send(s).await;
+            if sent.is_err() {
+                break;
             }
         }
-        debug!(id = %mail_id, domain, stanzas = n, "mail sent, waiting for receipt");
-        let answer = tokio::time::timeout(
-            Duration::from_secs(self.cfg.delivery.receipt_timeout_secs),
-            rx,
-        )
-        .await;
-        self.waiters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&key);
+        // §11.1: the receipt timer starts once the last stanza is on the wire.
+        if sent.is_ok() {
+            sent = conn.flushed().await;
+        }
+        let answer = match sent {
+            Err(e) => Err(e.to_string()),
+            Ok(()) => {
+                debug!(id = %mail_id, domain, stanzas = n, "mail sent, waiting for receipt");
+                match tokio::time::timeout(
+                    Duration::from_secs(self.cfg.delivery.receipt_timeout_secs),
+                    rx,
+                )
+                .await
+                {
+                    Ok(Ok(a)) => Ok(a),
+                    _ => Err(format!("no receipt from {domain} in time")),
+                }
+            }
+        };
+        lock(&self.waiters).remove(&key);
+        lock(&self.transmissions).remove(&transmission);
         match answer {
-            Ok(Ok(PeerAnswer::Receipt(r))) => {
+            Ok(PeerAnswer::Receipt(r)) => {
                 let mut out = HashMap::new();
                 for rc in rcpts {
-                    let got = r.rcpts.iter().find(|x| x.to.eq_ignore_ascii_case(rc));
-                    let a = match got {
+                    // §10.3: matched by the exact address string of the envelope.
+                    let a = match r.rcpts.iter().find(|x| x.to == *rc) {
                         Some(x) => match x.status {
                             ReceiptStatus::Stored { .. } => Attempt::Delivered,
-                            ReceiptStatus::Failed => Attempt::Failed {
-                                status: x.enhanced.clone().unwrap_or_else(|| "5.0.0".into()),
-                                diagnostic: format!(
-                                    "x-xmpp; {} {} {}",
-                                    x.code.clone().unwrap_or_else(|| "550".into()),
-                                    x.enhanced.clone().unwrap_or_default(),
-                                    x.text.clone().unwrap_or_default()
-                                ),
-                            },
+                            ReceiptStatus::Failed => receipt_failure(x),
                             ReceiptStatus::Deferred => Attempt::Deferred(format!(
-                                "{domain} deferred: {}",
+                                "{domain} deferred: {} {} {}",
+                                x.code.clone().unwrap_or_default(),
+                                x.enhanced.clone().unwrap_or_default(),
                                 x.text.clone().unwrap_or_default()
                             )),
                         },
@@ -399,7 +592,7 @@ impl Delivery {
                 info!(id = %mail_id, domain, "receipt received");
                 out
             }
-            Ok(Ok(PeerAnswer::Error(e))) => {
+            Ok(PeerAnswer::Error(e)) => {
                 let text = format!(
                     "{} ({}{}) {}",
                     e.condition,
@@ -410,14 +603,14 @@ impl Delivery {
                         .unwrap_or_default(),
                     e.text.clone().unwrap_or_default()
                 );
-                // XEP-MTA §12.4: `wait` and a missing protocol (service-unavailable,
-                // feature-not-implemented) are retried; the rest is permanent.
-                let retry = e.is_temporary()
-                    || matches!(
-                        e.condition.as_str(),
-                        "service-unavailable" | "feature-not-implemented"
-                    );
-                if retry {
+                if matches!(
+                    e.condition.as_str(),
+                    "service-unavailable" | "feature-not-implemented"
+                ) {
+                    // The domain stopped taking mail over XMPP: ask again next time (§12.4).
+                    self.forget_disco(domain);
+                }
+                if e.is_temporary() {
                     all(Attempt::Deferred(format!("{domain}: {text}")))
                 } else {
                     let status = match (e.condition.as_str(), e.app_condition.as_deref()) {
@@ -433,10 +626,62 @@ impl Delivery {
                     })
                 }
             }
-            Ok(Err(_)) | Err(_) => all(Attempt::Deferred(format!(
-                "no receipt from {domain} in time"
-            ))),
+            Err(why) => all(Attempt::Deferred(why)),
         }
+    }
+
+    /// Delivery to a plain XMPP domain (XEP-MTA §5.3): the readable body only, one
+    /// message per recipient JID, done once written. No receipt: not registered mail.
+    async fn legacy(
+        &self,
+        conn: &OutboundConn,
+        stanza_from: &str,
+        item: &QueueItem,
+        rcpts: &[String],
+        body: &[u8],
+    ) -> HashMap<String, Attempt> {
+        let text = payload::fallback_body(body);
+        let subject = mail_parser::MessageParser::default()
+            .parse_headers(body)
+            .and_then(|m| m.subject().map(str::to_string))
+            .unwrap_or_default();
+        let mut out = HashMap::new();
+        for (i, rc) in rcpts.iter().enumerate() {
+            let to = match MailAddress::parse(rc) {
+                Ok(a) => a.to_jid(),
+                Err(_) => {
+                    out.insert(
+                        rc.clone(),
+                        Attempt::Failed {
+                            status: "5.1.3".into(),
+                            diagnostic: "x-xmta; bad address".into(),
+                        },
+                    );
+                    continue;
+                }
+            };
+            let stanza = format!(
+                "<message type='normal' from='{}' to='{}' id='{}-legacy-{i}'><subject>{}</subject><body>{}</body></message>",
+                escape_attr(stanza_from),
+                escape_attr(&to),
+                escape_attr(&item.id),
+                escape_attr(&subject),
+                escape_attr(&text)
+            );
+            let r = match conn.send(stanza).await {
+                Ok(()) => conn.flushed().await,
+                Err(e) => Err(e),
+            };
+            out.insert(
+                rc.clone(),
+                match r {
+                    Ok(()) => Attempt::Delivered,
+                    Err(e) => Attempt::Deferred(e.to_string()),
+                },
+            );
+        }
+        info!(id = %item.id, remote = %conn.remote, recipients = rcpts.len(), "delivered as plain XMPP messages (the domain does not announce urn:xmpp:mta:0)");
+        out
     }
 
     /// Writes the outcome of an attempt (and any bounce) in one transaction.
@@ -559,6 +804,19 @@ impl Delivery {
                 message: dsn.into(),
             })]
         }
+    }
+}
+
+/// A `failed` recipient of a receipt as a permanent failure with its SMTP-style codes.
+fn receipt_failure(x: &payload::RcptReceipt) -> Attempt {
+    Attempt::Failed {
+        status: x.enhanced.clone().unwrap_or_else(|| "5.0.0".into()),
+        diagnostic: format!(
+            "smtp; {} {} {}",
+            x.code.clone().unwrap_or_else(|| "550".into()),
+            x.enhanced.clone().unwrap_or_default(),
+            x.text.clone().unwrap_or_default()
+        ),
     }
 }
 

@@ -90,6 +90,15 @@ impl MailChunk {
             }
             _ => return Err(perr("'chunk' and 'chunks' go together")),
         };
+        if let Some(env) = el.get_child("envelope", ns::MTA)
+            && env
+                .children()
+                .filter(|c| c.is("mail-from", ns::MTA))
+                .count()
+                > 1
+        {
+            return Err(perr("more than one <mail-from/>"));
+        }
         for name in ["envelope", "data"] {
             if el.children().filter(|c| c.is(name, ns::MTA)).count() > 1 {
                 return Err(perr(format!("more than one <{name}/>")));
@@ -165,6 +174,9 @@ pub struct OutgoingMail<'a> {
     pub stanza_from: &'a str,
     pub stanza_to: &'a str,
     pub mail_id: &'a str,
+    /// Prefix of the stanza ids, unique per transmission, so that an error from a server
+    /// that does not echo `<mail/>` can still be matched (XEP-MTA §7.1, §12.4).
+    pub transmission: &'a str,
     pub envelope: &'a Envelope,
     pub message: &'a [u8],
     /// Human-readable fallback for clients that do not know the protocol.
@@ -182,7 +194,7 @@ fn stanza_head(
         "<message from='{}' to='{}' id='{}-{k}' type='normal'><mail xmlns='{}' id='{}' size='{}' sha256='{digest}'",
         escape_attr(mail.stanza_from),
         escape_attr(mail.stanza_to),
-        escape_attr(mail.mail_id),
+        escape_attr(mail.transmission),
         ns::MTA,
         escape_attr(mail.mail_id),
         mail.message.len(),
@@ -361,7 +373,7 @@ impl Receipt {
     }
 }
 
-/// A stanza error answering a mail stanza (XEP-MTA §8): the whole mail is refused.
+/// A stanza error answering a mail stanza (XEP-MTA §12.2): the whole mail is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MailError {
     pub mail_id: String,
@@ -370,35 +382,50 @@ pub struct MailError {
     pub condition: String,
     /// Application condition in urn:xmpp:mta:0, e.g. `sender-mismatch`.
     pub app_condition: Option<String>,
+    /// The `max` of `<message-too-large/>`.
+    pub max: Option<u64>,
     pub text: Option<String>,
 }
 
 impl MailError {
+    /// XEP-MTA §12.4: `wait`, `continue` or no valid type means retry, and so do a missing
+    /// protocol at the peer and the peer's own routing failures; the rest is permanent.
     pub fn is_temporary(&self) -> bool {
-        self.error_type == "wait"
+        !matches!(self.error_type.as_str(), "cancel" | "auth" | "modify")
+            || matches!(
+                self.condition.as_str(),
+                "service-unavailable"
+                    | "feature-not-implemented"
+                    | "remote-server-not-found"
+                    | "remote-server-timeout"
+            )
     }
 
-    /// From a `<message type='error'>` that echoes our `<mail id=..>`.
+    /// From a `<message type='error'>`. The mail id comes from the echoed `<mail id=..>`
+    /// when present (empty otherwise: the caller correlates by stanza id).
     pub fn parse(stanza: &Element) -> Option<MailError> {
-        let mail = stanza.get_child("mail", ns::MTA)?;
-        let mail_id = mail.attr("id")?.to_string();
+        let mail_id = stanza
+            .get_child("mail", ns::MTA)
+            .and_then(|m| m.attr("id"))
+            .unwrap_or_default()
+            .to_string();
         let err = stanza.get_child("error", ns::SERVER)?;
-        let error_type = err.attr("type").unwrap_or("cancel").to_string();
+        let error_type = err.attr("type").unwrap_or_default().to_string();
         let condition = err
             .children()
             .find(|c| c.ns() == ns::STANZA_ERRORS && c.name() != "text")
             .map(|c| c.name().to_string())
             .unwrap_or_else(|| "undefined-condition".into());
-        let app_condition = err
-            .children()
-            .find(|c| c.ns() == ns::MTA)
-            .map(|c| c.name().to_string());
+        let app = err.children().find(|c| c.ns() == ns::MTA);
+        let app_condition = app.map(|c| c.name().to_string());
+        let max = app.and_then(|c| c.attr("max")).and_then(|m| m.parse().ok());
         let text = err.get_child("text", ns::STANZA_ERRORS).map(|t| t.text());
         Some(MailError {
             mail_id,
             error_type,
             condition,
             app_condition,
+            max,
             text,
         })
     }
@@ -493,6 +520,7 @@ mod tests {
             stanza_from: "alice@a.test",
             stanza_to: "bob@b.test",
             mail_id: "m1",
+            transmission: "t1",
             envelope: &env,
             message: msg,
             body: Some(fallback_body(msg)),
@@ -523,6 +551,7 @@ mod tests {
             stanza_from: "a.test",
             stanza_to: "b.test",
             mail_id: "big",
+            transmission: "t2",
             envelope: &env,
             message: &msg,
             body: None,

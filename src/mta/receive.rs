@@ -3,10 +3,11 @@
 //!
 //! A mail is stored only when complete (all chunks, size and SHA-256 matching), in one
 //! durable transaction together with its duplicate-suppression records; only then is the
-//! receipt sent (XEP-MTA §6, §7).
+//! receipt sent (XEP-MTA §9, §10).
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use minidom::Element;
 use tokio::sync::mpsc;
@@ -22,35 +23,107 @@ use crate::store::{DedupeKey, LocalDelivery, Op, OpResult, RcptOutcome};
 use crate::xml::ns;
 use crate::xml::writer::escape_attr;
 
-/// Most partially received (chunked) mails kept per stream.
+/// Most partially received (chunked) mails kept per stream (XEP-MTA §8.4).
 const MAX_PARTIAL_PER_STREAM: usize = 8;
 /// A partial mail with no new chunk for this long is dropped (XEP-MTA §8.4).
-const PARTIAL_IDLE: std::time::Duration = std::time::Duration::from_secs(300);
+const PARTIAL_IDLE: Duration = Duration::from_secs(300);
+/// Octets buffered for partial mails across all streams; beyond it chunk 0 is refused
+/// with resource-constraint and the sender retries later.
+const PARTIAL_BUDGET: u64 = 512 * 1024 * 1024;
 
+/// One chunked mail being received, keyed by (stream, sending domain, receiving domain,
+/// mail id).
 struct Partial {
     envelope: Envelope,
     size: u64,
     sha256: String,
     chunks: u32,
     next: u32,
+    stanza_from: String,
+    stanza_to: String,
     data: Vec<u8>,
-    last: std::time::Instant,
+    last: Instant,
+    tls: bool,
+}
+
+type PartialKey = (u64, String, String, String);
+
+#[derive(Default)]
+struct Partials {
+    map: HashMap<PartialKey, Partial>,
+    /// Declared sizes of all partial mails (what they may grow to).
+    reserved: u64,
+}
+
+impl Partials {
+    fn remove(&mut self, key: &PartialKey) -> Option<Partial> {
+        let p = self.map.remove(key)?;
+        self.reserved -= p.size;
+        Some(p)
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&PartialKey, &Partial) -> bool) -> usize {
+        let before = self.map.len();
+        let mut freed = 0;
+        self.map.retain(|k, p| {
+            let k2 = keep(k, p);
+            if !k2 {
+                freed += p.size;
+            }
+            k2
+        });
+        self.reserved -= freed;
+        before - self.map.len()
+    }
+}
+
+/// A refusal of a whole mail: the stanza error of XEP-MTA §12.2.
+struct Refusal {
+    etype: &'static str,
+    condition: &'static str,
+    app: Option<&'static str>,
+    max: Option<u64>,
+    text: String,
+}
+
+fn bad_request(text: impl Into<String>) -> Refusal {
+    Refusal {
+        etype: "modify",
+        condition: "bad-request",
+        app: None,
+        max: None,
+        text: text.into(),
+    }
+}
+
+fn resource_constraint(text: impl Into<String>) -> Refusal {
+    Refusal {
+        etype: "wait",
+        condition: "resource-constraint",
+        app: None,
+        max: None,
+        text: text.into(),
+    }
+}
+
+/// Where a stanza came from: the authenticated pair and how.
+struct Origin {
+    from_domain: String,
+    to_domain: String,
     tls: bool,
 }
 
 /// Consumes inbound events until the channel closes.
 pub async fn run(core: Arc<Core>, mut rx: mpsc::Receiver<InboundEvent>) {
-    let mut partial: HashMap<(u64, String, String), Partial> = HashMap::new();
+    let mut partials = Partials::default();
     while let Some(ev) = rx.recv().await {
         match ev {
             InboundEvent::StreamClosed { stream } => {
-                let before = partial.len();
-                partial.retain(|k, _| k.0 != stream);
-                if partial.len() != before {
+                let dropped = partials.retain(|k, _| k.0 != stream);
+                if dropped > 0 {
                     info!(
                         stream,
-                        dropped = before - partial.len(),
-                        "stream closed with partial mail; sender will retry"
+                        dropped, "stream closed with partial mail; the sender will retry"
                     );
                 }
             }
@@ -61,28 +134,16 @@ pub async fn run(core: Arc<Core>, mut rx: mpsc::Receiver<InboundEvent>) {
                 tls,
                 element,
             } => {
-                partial.retain(|_, p| p.last.elapsed() < PARTIAL_IDLE);
-                stanza(
-                    &core,
-                    &mut partial,
-                    stream,
-                    &Origin {
-                        from_domain,
-                        to_domain,
-                        tls,
-                    },
-                    element,
-                );
+                partials.retain(|_, p| p.last.elapsed() < PARTIAL_IDLE);
+                let origin = Origin {
+                    from_domain,
+                    to_domain,
+                    tls,
+                };
+                stanza(&core, &mut partials, stream, &origin, element);
             }
         }
     }
-}
-
-/// Where a stanza came from: the authenticated pair and how.
-struct Origin {
-    from_domain: String,
-    to_domain: String,
-    tls: bool,
 }
 
 fn reply(core: &Arc<Core>, local: &str, remote: &str, stanza: String) {
@@ -95,55 +156,54 @@ fn reply(core: &Arc<Core>, local: &str, remote: &str, stanza: String) {
     });
 }
 
-fn stanza(
-    core: &Arc<Core>,
-    partial: &mut HashMap<(u64, String, String), Partial>,
-    stream: u64,
-    origin: &Origin,
-    el: Element,
-) {
-    let (from_domain, to_domain) = (&origin.from_domain, &origin.to_domain);
+/// The bare form of a JID (no resource).
+fn bare(jid: &str) -> &str {
+    jid.split('/').next().unwrap_or(jid)
+}
+
+fn stanza(core: &Arc<Core>, partials: &mut Partials, stream: u64, origin: &Origin, el: Element) {
+    let (from_domain, to_domain) = (origin.from_domain.as_str(), origin.to_domain.as_str());
+    let to_is_domain = el
+        .attr("to")
+        .map(|t| !t.contains(['@', '/']))
+        .unwrap_or(false);
     match el.name() {
         "message" => {
             let kind = el.attr("type").unwrap_or("normal");
             if kind == "error" {
-                if let Some(err) = MailError::parse(&el) {
-                    core.delivery.on_error(from_domain, err);
-                } else {
-                    debug!(%from_domain, "error stanza without mail reference ignored");
+                match MailError::parse(&el) {
+                    Some(err) => {
+                        core.delivery
+                            .on_error(from_domain, el.attr("id").unwrap_or(""), err)
+                    }
+                    None => debug!(%from_domain, "error stanza without an error element ignored"),
                 }
                 return;
             }
             if let Some(mail) = el.get_child("mail", ns::MTA) {
-                let id = mail.attr("id").unwrap_or("");
-                if kind != "normal" {
-                    mail_error(
-                        core,
-                        &el,
-                        to_domain,
-                        from_domain,
-                        id,
-                        "modify",
-                        "bad-request",
-                        None,
-                        format!("a mail stanza must have type 'normal', not '{kind}'"),
-                    );
+                let id = mail.attr("id").unwrap_or("").to_string();
+                let refusal = if kind != "normal" {
+                    Some(bad_request(format!(
+                        "a mail stanza must have type 'normal', not '{kind}'"
+                    )))
                 } else if el.children().filter(|c| c.is("mail", ns::MTA)).count() > 1
                     || el.get_child("receipt", ns::MTA).is_some()
                 {
-                    mail_error(
-                        core,
-                        &el,
-                        to_domain,
-                        from_domain,
-                        id,
-                        "modify",
-                        "bad-request",
-                        None,
-                        "a mail stanza carries exactly one <mail/> and no <receipt/>".into(),
-                    );
+                    Some(bad_request(
+                        "a mail stanza carries exactly one <mail/> and no <receipt/>",
+                    ))
                 } else {
-                    mail_chunk(core, partial, stream, origin, &el, mail);
+                    mail_chunk(core, partials, stream, origin, &el, mail).err()
+                };
+                if let Some(r) = refusal {
+                    // XEP-MTA §8.4: any error discards the partial mail it belongs to.
+                    partials.remove(&(
+                        stream,
+                        from_domain.to_string(),
+                        to_domain.to_string(),
+                        id.clone(),
+                    ));
+                    refuse(core, &el, origin, &id, r);
                 }
                 return;
             }
@@ -169,15 +229,22 @@ fn stanza(
         "iq" => {
             let kind = el.attr("type").unwrap_or("");
             if kind == "result" || kind == "error" {
+                core.delivery.on_iq(from_domain, &el);
                 return;
             }
-            let to_is_domain = el.attr("to").map(|t| !t.contains('@')).unwrap_or(false);
-            if kind == "get" && to_is_domain && el.get_child("query", ns::DISCO_INFO).is_some() {
-                let id = escape_attr(el.attr("id").unwrap_or(""));
+            let node = el
+                .get_child("query", ns::DISCO_INFO)
+                .and_then(|q| q.attr("node"));
+            if kind == "get"
+                && to_is_domain
+                && el.get_child("query", ns::DISCO_INFO).is_some()
+                && node.is_none()
+            {
                 let answer = format!(
-                    "<iq type='result' from='{}' to='{}' id='{id}'><query xmlns='{}'><identity category='server' type='im' name='xmta'/><feature var='{}'/><feature var='{}'/></query></iq>",
+                    "<iq type='result' from='{}' to='{}' id='{}'><query xmlns='{}'><identity category='server' type='im' name='xmta'/><feature var='{}'/><feature var='urn:xmpp:ping'/><feature var='{}'/></query></iq>",
                     escape_attr(el.attr("to").unwrap_or(to_domain)),
                     escape_attr(el.attr("from").unwrap_or(from_domain)),
+                    escape_attr(el.attr("id").unwrap_or("")),
                     ns::DISCO_INFO,
                     ns::DISCO_INFO,
                     ns::MTA
@@ -195,15 +262,21 @@ fn stanza(
                 reply(core, to_domain, from_domain, answer);
                 return;
             }
-            let err = stanza_error(&el, "cancel", "service-unavailable", "not supported here");
+            let (etype, cond) = if node.is_some() {
+                ("cancel", "item-not-found")
+            } else {
+                ("cancel", "service-unavailable")
+            };
+            let err = stanza_error(&el, etype, cond, "not supported here");
             reply(core, to_domain, from_domain, err);
         }
         "presence" => {
-            if matches!(el.attr("type"), Some("subscribe") | Some("probe")) {
+            let user_to = el.attr("to").map(|t| t.contains('@')).unwrap_or(false);
+            if user_to && matches!(el.attr("type"), Some("subscribe") | Some("probe")) {
                 let answer = format!(
                     "<presence type='unsubscribed' from='{}' to='{}'/>",
-                    escape_attr(el.attr("to").unwrap_or(to_domain)),
-                    escape_attr(el.attr("from").unwrap_or(from_domain))
+                    escape_attr(bare(el.attr("to").unwrap_or(to_domain))),
+                    escape_attr(bare(el.attr("from").unwrap_or(from_domain)))
                 );
                 reply(core, to_domain, from_domain, answer);
             }
@@ -233,188 +306,126 @@ fn stanza_error(el: &Element, etype: &str, condition: &str, text: &str) -> Strin
     s
 }
 
-#[allow(clippy::too_many_arguments)]
-fn mail_error(
-    core: &Arc<Core>,
-    el: &Element,
-    local: &str,
-    remote: &str,
-    mail_id: &str,
-    etype: &str,
-    condition: &str,
-    app: Option<&str>,
-    text: String,
-) {
-    info!(%remote, mail_id, condition, %text, "refusing mail");
+fn refuse(core: &Arc<Core>, el: &Element, origin: &Origin, mail_id: &str, r: Refusal) {
+    info!(remote = %origin.from_domain, mail_id, condition = r.condition, text = %r.text, "refusing mail");
     let err = MailError {
         mail_id: mail_id.to_string(),
-        error_type: etype.to_string(),
-        condition: condition.to_string(),
-        app_condition: app.map(str::to_string),
-        text: Some(text),
+        error_type: r.etype.to_string(),
+        condition: r.condition.to_string(),
+        app_condition: r.app.map(str::to_string),
+        max: r.max,
+        text: Some(r.text),
     };
     let stanza = err.to_stanza(
-        el.attr("to").unwrap_or(local),
-        el.attr("from").unwrap_or(remote),
+        el.attr("to").unwrap_or(&origin.to_domain),
+        el.attr("from").unwrap_or(&origin.from_domain),
         el.attr("id"),
     );
-    reply(core, local, remote, stanza);
+    reply(core, &origin.to_domain, &origin.from_domain, stanza);
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Checks chunk 0 (or an unchunked mail) in the order of XEP-MTA §9.1.
+fn check_first(core: &Core, origin: &Origin, env: &Envelope, size: u64) -> Result<(), Refusal> {
+    // 2. Syntax: every address parses, every recipient is in the stream's 'to' domain.
+    let sender = if env.mail_from.is_empty() {
+        None
+    } else {
+        Some(
+            MailAddress::parse(&env.mail_from)
+                .map_err(|e| bad_request(format!("mail-from '{}': {e}", env.mail_from)))?,
+        )
+    };
+    for r in &env.rcpt_to {
+        let a = MailAddress::parse(r).map_err(|e| bad_request(format!("rcpt-to '{r}': {e}")))?;
+        if a.domain() != origin.to_domain {
+            return Err(bad_request(format!(
+                "recipient '{r}' is not in {}",
+                origin.to_domain
+            )));
+        }
+    }
+    // 3. The envelope sender belongs to the domain the stream authenticated (§4.2).
+    if let Some(s) = sender
+        && s.domain() != origin.from_domain
+    {
+        return Err(Refusal {
+            etype: "auth",
+            condition: "forbidden",
+            app: Some("sender-mismatch"),
+            max: None,
+            text: format!(
+                "envelope sender '{}' is not in {}, the domain this stream authenticated",
+                env.mail_from, origin.from_domain
+            ),
+        });
+    }
+    // 4. Size.
+    let max = core.cfg.delivery.max_message_bytes as u64;
+    if size > max {
+        return Err(Refusal {
+            etype: "modify",
+            condition: "policy-violation",
+            app: Some("message-too-large"),
+            max: Some(max),
+            text: format!("message of {size} bytes is larger than the {max} this server accepts"),
+        });
+    }
+    Ok(())
+}
+
 fn mail_chunk(
     core: &Arc<Core>,
-    partial: &mut HashMap<(u64, String, String), Partial>,
+    partials: &mut Partials,
     stream: u64,
     origin: &Origin,
     el: &Element,
     mail: &Element,
-) {
-    let (from_domain, to_domain) = (origin.from_domain.as_str(), origin.to_domain.as_str());
-    let id_attr = mail.attr("id").unwrap_or("").to_string();
-    let chunk = match MailChunk::parse(mail) {
-        Ok(c) => c,
-        Err(e) => {
-            mail_error(
-                core,
-                el,
-                to_domain,
-                from_domain,
-                &id_attr,
-                "modify",
-                "bad-request",
-                None,
-                e.to_string(),
-            );
-            return;
-        }
-    };
-    let max = core.cfg.delivery.max_message_bytes as u64;
-    let key = (stream, from_domain.to_string(), chunk.id.clone());
+) -> Result<(), Refusal> {
+    let chunk = MailChunk::parse(mail).map_err(|e| bad_request(e.to_string()))?;
+    let stanza_from = el.attr("from").unwrap_or_default().to_string();
+    let stanza_to = el.attr("to").unwrap_or_default().to_string();
+    let key = (
+        stream,
+        origin.from_domain.clone(),
+        origin.to_domain.clone(),
+        chunk.id.clone(),
+    );
     if chunk.chunk == 0 {
         let Some(env) = chunk.envelope.clone() else {
-            return;
+            return Err(bad_request("chunk 0 without an envelope"));
         };
-        if partial.remove(&key).is_some() {
-            mail_error(
-                core,
-                el,
-                to_domain,
-                from_domain,
-                &chunk.id,
-                "modify",
-                "bad-request",
-                None,
-                "chunk 0 again while the mail is being received".into(),
-            );
-            return;
+        if partials.map.contains_key(&key) {
+            return Err(bad_request(
+                "chunk 0 again while the mail is being received",
+            ));
         }
-        if chunk.size > max {
-            let err = MailError {
-                mail_id: chunk.id.clone(),
-                error_type: "modify".into(),
-                condition: "policy-violation".into(),
-                app_condition: None,
-                text: Some(format!(
-                    "message of {} bytes is larger than the {max} this server accepts",
-                    chunk.size
-                )),
-            };
-            let mut s = err.to_stanza(
-                el.attr("to").unwrap_or(to_domain),
-                el.attr("from").unwrap_or(from_domain),
-                el.attr("id"),
-            );
-            s = s.replacen(
-                "</error>",
-                &format!(
-                    "<message-too-large xmlns='{}' max='{max}'/></error>",
-                    ns::MTA
-                ),
-                1,
-            );
-            reply(core, to_domain, from_domain, s);
-            return;
-        }
-        // The envelope sender must belong to the domain the stream authenticated.
-        let sender_ok = if env.mail_from.is_empty() {
-            true
-        } else {
-            MailAddress::parse(&env.mail_from)
-                .map(|a| a.domain() == from_domain)
-                .unwrap_or(false)
-        };
-        if !sender_ok {
-            mail_error(
-                core,
-                el,
-                to_domain,
-                from_domain,
-                &chunk.id,
-                "auth",
-                "forbidden",
-                Some("sender-mismatch"),
-                format!(
-                    "envelope sender '{}' is not in {from_domain}, the domain this stream authenticated",
-                    env.mail_from
-                ),
-            );
-            return;
-        }
-        for r in &env.rcpt_to {
-            let ok = MailAddress::parse(r)
-                .map(|a| a.domain() == to_domain)
-                .unwrap_or(false);
-            if !ok {
-                mail_error(
-                    core,
-                    el,
-                    to_domain,
-                    from_domain,
-                    &chunk.id,
-                    "modify",
-                    "bad-request",
-                    None,
-                    format!("recipient '{r}' is not in {to_domain}"),
-                );
-                return;
-            }
+        check_first(core, origin, &env, chunk.size)?;
+        if chunk.data.len() as u64 > chunk.size {
+            return Err(bad_request("more data than the declared size"));
         }
         if chunk.chunks == 1 {
             if chunk.data.len() as u64 != chunk.size || sha256_hex(&chunk.data) != chunk.sha256 {
-                mail_error(
-                    core,
-                    el,
-                    to_domain,
-                    from_domain,
-                    &chunk.id,
-                    "modify",
-                    "bad-request",
-                    None,
-                    "size or sha256 does not match the data".into(),
-                );
-                return;
+                return Err(bad_request("size or sha256 does not match the data"));
             }
             deliver(core.clone(), origin, chunk.id, env, chunk.data);
-            return;
+            return Ok(());
         }
-        if partial.keys().filter(|k| k.0 == stream).count() >= MAX_PARTIAL_PER_STREAM {
-            mail_error(
-                core,
-                el,
-                to_domain,
-                from_domain,
-                &chunk.id,
-                "wait",
-                "resource-constraint",
-                None,
-                "too many chunked mails in progress on this stream".into(),
-            );
-            return;
+        // 6. Resources.
+        if partials.map.keys().filter(|k| k.0 == stream).count() >= MAX_PARTIAL_PER_STREAM {
+            return Err(resource_constraint(
+                "too many chunked mails in progress on this stream",
+            ));
         }
-        let mut data = Vec::with_capacity(chunk.size as usize);
+        if partials.reserved + chunk.size > PARTIAL_BUDGET {
+            return Err(resource_constraint(
+                "too much chunked mail in progress; try again later",
+            ));
+        }
+        // Grow with the data actually received, not with the size the peer announced.
+        let mut data = Vec::with_capacity(chunk.data.len() * 2);
         data.extend_from_slice(&chunk.data);
-        partial.insert(
+        partials.reserved += chunk.size;
+        partials.map.insert(
             key,
             Partial {
                 envelope: env,
@@ -422,90 +433,53 @@ fn mail_chunk(
                 sha256: chunk.sha256,
                 chunks: chunk.chunks,
                 next: 1,
+                stanza_from,
+                stanza_to,
                 data,
-                last: std::time::Instant::now(),
+                last: Instant::now(),
                 tls: origin.tls,
             },
         );
-        return;
+        return Ok(());
     }
-    let Some(p) = partial.get_mut(&key) else {
-        mail_error(
-            core,
-            el,
-            to_domain,
-            from_domain,
-            &chunk.id,
-            "modify",
-            "bad-request",
-            None,
-            format!("chunk {} without chunk 0", chunk.chunk),
-        );
-        return;
+    let Some(p) = partials.map.get_mut(&key) else {
+        return Err(bad_request(format!(
+            "chunk {} without chunk 0",
+            chunk.chunk
+        )));
     };
     if chunk.chunk != p.next
         || chunk.chunks != p.chunks
         || chunk.size != p.size
         || chunk.sha256 != p.sha256
+        || stanza_from != p.stanza_from
+        || stanza_to != p.stanza_to
     {
-        partial.remove(&key);
-        mail_error(
-            core,
-            el,
-            to_domain,
-            from_domain,
-            &chunk.id,
-            "modify",
-            "bad-request",
-            None,
-            "chunk out of sequence".into(),
-        );
-        return;
+        return Err(bad_request("chunk out of sequence"));
     }
     if p.data.len() as u64 + chunk.data.len() as u64 > p.size {
-        partial.remove(&key);
-        mail_error(
-            core,
-            el,
-            to_domain,
-            from_domain,
-            &chunk.id,
-            "modify",
-            "bad-request",
-            None,
-            "chunks exceed the declared size".into(),
-        );
-        return;
+        return Err(bad_request("chunks exceed the declared size"));
     }
     p.data.extend_from_slice(&chunk.data);
     p.next += 1;
-    p.last = std::time::Instant::now();
+    p.last = Instant::now();
     if p.next < p.chunks {
-        return;
+        return Ok(());
     }
-    let Some(p) = partial.remove(&key) else {
-        return;
+    let Some(p) = partials.remove(&key) else {
+        return Ok(());
     };
+    // 7. Integrity of the assembled message.
     if p.data.len() as u64 != p.size || sha256_hex(&p.data) != p.sha256 {
-        mail_error(
-            core,
-            el,
-            to_domain,
-            from_domain,
-            &chunk.id,
-            "modify",
-            "bad-request",
-            None,
-            "size or sha256 does not match the data".into(),
-        );
-        return;
+        return Err(bad_request("size or sha256 does not match the data"));
     }
     let origin = Origin {
-        from_domain: from_domain.to_string(),
-        to_domain: to_domain.to_string(),
+        from_domain: origin.from_domain.clone(),
+        to_domain: origin.to_domain.clone(),
         tls: p.tls,
     };
     deliver(core.clone(), &origin, chunk.id, p.envelope, p.data);
+    Ok(())
 }
 
 /// Stores a complete mail for its local recipients and sends the receipt.
@@ -543,11 +517,12 @@ fn deliver(core: Arc<Core>, origin: &Origin, mail_id: String, env: Envelope, dat
                         }
                         Ok(None) => receipts.push(failed(r, "550", "5.1.1", "No such user here")),
                         Err(e) => {
-                            receipts.push(deferred(r, &format!("mailbox store unavailable: {e}")))
+                            warn!(error = %e, "mailbox store unavailable");
+                            receipts.push(deferred(r, "Mailbox store temporarily unavailable"))
                         }
                     }
                 }
-                Err(e) => receipts.push(failed(r, "553", "5.1.3", &format!("bad address: {e}"))),
+                Err(_) => receipts.push(failed(r, "553", "5.1.3", "Bad recipient address")),
             }
         }
         if !known.is_empty() {

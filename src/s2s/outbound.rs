@@ -214,7 +214,19 @@ impl S2s {
             .and_then(|l| l.get_child("max-bytes", ns::STREAM_LIMITS))
             .and_then(|m| m.text().trim().parse::<usize>().ok())
             .unwrap_or(DEFAULT_PEER_MAX_STANZA);
-        let (tx, rx) = mpsc::channel::<String>(256);
+        let peer_idle = n
+            .features
+            .as_ref()
+            .and_then(|f| f.get_child("limits", ns::STREAM_LIMITS))
+            .and_then(|l| l.get_child("idle-seconds", ns::STREAM_LIMITS))
+            .and_then(|m| m.text().trim().parse::<u64>().ok());
+        // Close before the peer would (XEP-0478 idle-seconds), with a margin.
+        let own = self.cfg.idle_timeout();
+        let idle = match peer_idle {
+            Some(p) if p > 10 => own.min(std::time::Duration::from_secs(p - 5)),
+            _ => own,
+        };
+        let (tx, rx) = mpsc::channel::<Outgoing>(256);
         let (closed_tx, closed_rx) = watch::channel(false);
         let conn = Arc::new(OutboundConn {
             remote: remote.to_string(),
@@ -223,19 +235,14 @@ impl S2s {
             tls: n.tls,
             cert_valid: n.cert_valid,
             tx,
+            chunked: Arc::new(tokio::sync::Semaphore::new(MAX_CHUNKED_IN_FLIGHT)),
             open: AtomicBool::new(true),
             closed: closed_tx,
             authed: std::sync::Mutex::new(HashSet::new()),
             pending: std::sync::Mutex::new(HashMap::new()),
         });
         info!(remote, peer = %n.peer, stream_id = %n.stream_id, tls = n.tls, max_stanza, "outgoing stream open");
-        tokio::spawn(writer_task(
-            conn.clone(),
-            n.writer,
-            rx,
-            closed_rx,
-            self.cfg.idle_timeout(),
-        ));
+        tokio::spawn(writer_task(conn.clone(), n.writer, rx, closed_rx, idle));
         tokio::spawn(reader_task(conn.clone(), n.reader));
         Ok(conn)
     }
@@ -310,6 +317,17 @@ pub(crate) fn stream_error_text(el: &Element) -> Option<String> {
 
 type AuthResult = Result<(), String>;
 
+/// Chunked mails in flight on one stream at once: what a receiver keeps as partial mails
+/// (XEP-MTA §8.4 recommends 8), so the sender does not provoke resource-constraint.
+pub const MAX_CHUNKED_IN_FLIGHT: usize = 8;
+
+/// What the writer task is given.
+enum Outgoing {
+    Data(String),
+    /// Answered once everything queued before it has been written to the socket.
+    Flushed(oneshot::Sender<()>),
+}
+
 /// An outgoing stream to one remote domain, shared by all local domains that send there.
 pub struct OutboundConn {
     pub remote: String,
@@ -318,7 +336,9 @@ pub struct OutboundConn {
     pub max_stanza_bytes: usize,
     pub tls: bool,
     pub cert_valid: bool,
-    tx: mpsc::Sender<String>,
+    tx: mpsc::Sender<Outgoing>,
+    /// Permits for chunked transmissions (see MAX_CHUNKED_IN_FLIGHT).
+    pub chunked: Arc<tokio::sync::Semaphore>,
     open: AtomicBool,
     closed: watch::Sender<bool>,
     authed: std::sync::Mutex<HashSet<String>>,
@@ -343,9 +363,19 @@ impl OutboundConn {
             return Err(S2sError::Closed(self.remote.clone()));
         }
         self.tx
-            .send(data)
+            .send(Outgoing::Data(data))
             .await
             .map_err(|_| S2sError::Closed(self.remote.clone()))
+    }
+
+    /// Waits until everything sent so far has been written to the socket.
+    pub async fn flushed(&self) -> Result<(), S2sError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Outgoing::Flushed(tx))
+            .await
+            .map_err(|_| S2sError::Closed(self.remote.clone()))?;
+        rx.await.map_err(|_| S2sError::Closed(self.remote.clone()))
     }
 
     pub fn close(&self) {
@@ -414,7 +444,7 @@ impl OutboundConn {
 async fn writer_task(
     conn: Arc<OutboundConn>,
     mut w: WriteHalf<BoxIo>,
-    mut rx: mpsc::Receiver<String>,
+    mut rx: mpsc::Receiver<Outgoing>,
     mut closed: watch::Receiver<bool>,
     idle: std::time::Duration,
 ) {
@@ -425,12 +455,16 @@ async fn writer_task(
                 match msg {
                     Ok(Some(first)) => {
                         buf.clear();
-                        buf.push_str(&first);
+                        let mut acks = Vec::new();
+                        let mut next = Some(first);
                         // Coalesce whatever else is queued into one write.
-                        while buf.len() < 1 << 20 {
-                            match rx.try_recv() {
-                                Ok(more) => buf.push_str(&more),
-                                Err(_) => break,
+                        while let Some(item) = next.take() {
+                            match item {
+                                Outgoing::Data(d) => buf.push_str(&d),
+                                Outgoing::Flushed(ack) => acks.push(ack),
+                            }
+                            if buf.len() < 1 << 20 {
+                                next = rx.try_recv().ok();
                             }
                         }
                         if let Err(e) = async {
@@ -439,6 +473,9 @@ async fn writer_task(
                         }.await {
                             conn.mark_closed(&format!("write failed: {e}"));
                             break;
+                        }
+                        for ack in acks {
+                            let _ = ack.send(());
                         }
                     }
                     Ok(None) => break,

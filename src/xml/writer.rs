@@ -72,6 +72,10 @@ fn escape_into(s: &str, attr: bool, out: &mut String) {
             '\'' if attr => out.push_str("&apos;"),
             '"' if attr => out.push_str("&quot;"),
             '\r' => out.push_str("&#xD;"),
+            // Characters outside XML 1.0's Char production cannot be sent at all (a peer's
+            // parser would close the stream); they are dropped.
+            '\t' | '\n' => out.push(c),
+            c if (c as u32) < 0x20 || c == '\u{FFFE}' || c == '\u{FFFF}' => {}
             c => out.push(c),
         }
     }
@@ -174,6 +178,11 @@ mod tests {
             element_to_string(&el, ns::SERVER),
             "<db:result from='a.test'>k&lt;ey</db:result>"
         );
+    }
+
+    #[test]
+    fn non_xml_characters_are_dropped() {
+        assert_eq!(escape_attr("a\u{1}b\u{FFFF}c\u{FFFE}\td\ne"), "abc\td\ne");
     }
 
     #[test]
