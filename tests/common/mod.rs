@@ -4,6 +4,9 @@
 
 #![allow(dead_code)]
 
+pub mod c2s;
+pub mod prosody;
+
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
