@@ -51,6 +51,8 @@ pub struct Delivery {
     /// Stanza-id prefix of each transmission -> its (remote domain, mail id), to match
     /// errors from servers that do not echo `<mail/>`.
     transmissions: Mutex<HashMap<String, Key>>,
+    /// Transmission id of plain-XMPP deliveries -> the errors that came back for them.
+    legacy_errors: Mutex<HashMap<String, Vec<(usize, MailError)>>>,
     /// (remote domain, iq id) -> a discovery query waiting for its answer.
     iq_waiters: Mutex<HashMap<Key, oneshot::Sender<Element>>>,
     /// Remote domain -> (speaks urn:xmpp:mta:0, when learnt).
@@ -78,6 +80,7 @@ impl Delivery {
             waiters: Mutex::new(HashMap::new()),
             transmissions: Mutex::new(HashMap::new()),
             iq_waiters: Mutex::new(HashMap::new()),
+            legacy_errors: Mutex::new(HashMap::new()),
             disco: Mutex::new(HashMap::new()),
             schedule: Mutex::new(BTreeSet::new()),
             inflight: Mutex::new(HashSet::new()),
@@ -497,7 +500,11 @@ impl Delivery {
         };
         match self.speaks_mta(origin, domain, &conn).await {
             Ok(true) => {}
-            Ok(false) => return self.legacy(&conn, &stanza_from, item, rcpts, body).await,
+            Ok(false) => {
+                return self
+                    .legacy(origin, &conn, &stanza_from, item, rcpts, body)
+                    .await;
+            }
             Err(e) => return all(Attempt::Deferred(e)),
         }
         let envelope = Envelope {
@@ -631,9 +638,13 @@ impl Delivery {
     }
 
     /// Delivery to a plain XMPP domain (XEP-MTA §5.3): the readable body only, one
-    /// message per recipient JID, done once written. No receipt: not registered mail.
+    /// message per recipient JID. No receipt (not registered mail), but not blind either:
+    /// an XMPP server handles a stream's stanzas in order, so once it answers a ping sent
+    /// after the messages it has taken them (stored or delivered), and any error it
+    /// raised for one of them has arrived first. Without that answer they are resent.
     async fn legacy(
         &self,
+        origin: &str,
         conn: &OutboundConn,
         stanza_from: &str,
         item: &QueueItem,
@@ -645,7 +656,12 @@ impl Delivery {
             .parse_headers(body)
             .and_then(|m| m.subject().map(str::to_string))
             .unwrap_or_default();
+        let domain = conn.remote.clone();
+        let transmission = crate::new_mail_id();
+        lock(&self.legacy_errors).insert(transmission.clone(), Vec::new());
         let mut out = HashMap::new();
+        let mut sent = Vec::new();
+        let mut failure = None;
         for (i, rc) in rcpts.iter().enumerate() {
             let to = match MailAddress::parse(rc) {
                 Ok(a) => a.to_jid(),
@@ -661,27 +677,87 @@ impl Delivery {
                 }
             };
             let stanza = format!(
-                "<message type='normal' from='{}' to='{}' id='{}-legacy-{i}'><subject>{}</subject><body>{}</body></message>",
+                "<message type='normal' from='{}' to='{}' id='{transmission}-{i}'><subject>{}</subject><body>{}</body></message>",
                 escape_attr(stanza_from),
                 escape_attr(&to),
-                escape_attr(&item.id),
                 escape_attr(&subject),
                 escape_attr(&text)
             );
-            let r = match conn.send(stanza).await {
-                Ok(()) => conn.flushed().await,
-                Err(e) => Err(e),
-            };
-            out.insert(
-                rc.clone(),
-                match r {
-                    Ok(()) => Attempt::Delivered,
-                    Err(e) => Attempt::Deferred(e.to_string()),
-                },
-            );
+            if let Err(e) = conn.send(stanza).await {
+                failure = Some(e.to_string());
+                break;
+            }
+            sent.push((i, rc.clone()));
         }
-        info!(id = %item.id, remote = %conn.remote, recipients = rcpts.len(), "delivered as plain XMPP messages (the domain does not announce urn:xmpp:mta:0)");
+        let barrier = match failure {
+            Some(e) => Err(e),
+            None => self.ping_barrier(origin, &domain, conn).await,
+        };
+        let errors = lock(&self.legacy_errors)
+            .remove(&transmission)
+            .unwrap_or_default();
+        for (i, rc) in sent {
+            let err = errors.iter().find(|(k, _)| *k == i).map(|(_, e)| e);
+            let a = match (&barrier, err) {
+                (_, Some(e)) if !e.is_temporary() => Attempt::Failed {
+                    status: if e.condition == "service-unavailable"
+                        || e.condition == "item-not-found"
+                    {
+                        "5.1.1".into()
+                    } else {
+                        "5.0.0".into()
+                    },
+                    diagnostic: format!(
+                        "x-xmpp; {} ({}) {}",
+                        e.condition,
+                        e.error_type,
+                        e.text.clone().unwrap_or_default()
+                    ),
+                },
+                (_, Some(e)) => Attempt::Deferred(format!("{domain}: {}", e.condition)),
+                (Ok(()), None) => Attempt::Delivered,
+                (Err(why), None) => Attempt::Deferred(why.clone()),
+            };
+            out.insert(rc, a);
+        }
+        if barrier.is_ok() {
+            info!(id = %item.id, remote = %domain, recipients = rcpts.len(), "delivered as plain XMPP messages (the domain does not announce urn:xmpp:mta:0)");
+        }
         out
+    }
+
+    /// Sends an XEP-0199 ping to `domain` and waits for any answer (result or error).
+    async fn ping_barrier(
+        &self,
+        origin: &str,
+        domain: &str,
+        conn: &OutboundConn,
+    ) -> Result<(), String> {
+        let id = format!("ack-{}", crate::new_mail_id());
+        let (tx, rx) = oneshot::channel();
+        let key = (domain.to_string(), id.clone());
+        lock(&self.iq_waiters).insert(key.clone(), tx);
+        let ping = format!(
+            "<iq type='get' from='{}' to='{}' id='{id}'><ping xmlns='urn:xmpp:ping'/></iq>",
+            escape_attr(origin),
+            escape_attr(domain)
+        );
+        let r = match conn.send(ping).await {
+            Err(e) => Err(e.to_string()),
+            Ok(()) => match tokio::time::timeout(
+                Duration::from_secs(self.cfg.delivery.receipt_timeout_secs),
+                rx,
+            )
+            .await
+            {
+                Ok(Ok(_)) => Ok(()),
+                _ => Err(format!(
+                    "{domain} did not confirm the messages in time; they will be sent again"
+                )),
+            },
+        };
+        lock(&self.iq_waiters).remove(&key);
+        r
     }
 
     /// Writes the outcome of an attempt (and any bounce) in one transaction.

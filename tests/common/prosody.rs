@@ -27,12 +27,24 @@ fn bin(name: &str) -> PathBuf {
 impl Prosody {
     /// `hosts`: (ip, name) lines for Prosody's resolver; peers listen on port 5269.
     /// `extra`: more global config lines. `vhost_extra`: lines inside the VirtualHost.
-    pub fn start(ip: &str, domain: &str, hosts: &[(&str, &str)], extra: &str, vhost_extra: &str) -> Prosody {
-        let dir = tempfile::Builder::new().prefix(&format!("prosody-{domain}-")).tempdir().expect("tempdir");
+    pub fn start(
+        ip: &str,
+        domain: &str,
+        hosts: &[(&str, &str)],
+        extra: &str,
+        vhost_extra: &str,
+    ) -> Prosody {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("prosody-{domain}-"))
+            .tempdir()
+            .expect("tempdir");
         let d = dir.path().display().to_string();
         std::fs::create_dir_all(dir.path().join("data")).expect("data dir");
         std::fs::create_dir_all(dir.path().join("certs")).expect("certs dir");
-        let hosts_txt: String = hosts.iter().map(|(ip, name)| format!("{ip} {name}\n")).collect();
+        let hosts_txt: String = hosts
+            .iter()
+            .map(|(ip, name)| format!("{ip} {name}\n"))
+            .collect();
         std::fs::write(dir.path().join("hosts"), hosts_txt).expect("hosts");
         let cfg = format!(
             r#"run_as_root = true
@@ -50,7 +62,7 @@ component_ports = {{ 5347 }}
 component_interfaces = {{ "{ip}" }}
 http_ports = {{ }}
 https_ports = {{ }}
-modules_enabled = {{ "roster"; "saslauth"; "dialback"; "disco"; "ping"; "posix"; "tls" }}
+modules_enabled = {{ "roster"; "saslauth"; "dialback"; "disco"; "ping"; "posix"; "tls"; "offline" }}
 modules_disabled = {{ "s2s_bidi" }}
 s2s_require_encryption = false
 s2s_secure_auth = false
@@ -64,7 +76,12 @@ VirtualHost "{domain}"
 "#
         );
         std::fs::write(dir.path().join("prosody.cfg.lua"), cfg).expect("config");
-        let mut p = Prosody { domain: domain.to_string(), ip: ip.to_string(), dir, child: None };
+        let mut p = Prosody {
+            domain: domain.to_string(),
+            ip: ip.to_string(),
+            dir,
+            child: None,
+        };
         p.launch();
         p
     }
@@ -88,7 +105,11 @@ VirtualHost "{domain}"
         for port in [5222u16, 5269] {
             let addr: std::net::SocketAddr = format!("{}:{port}", self.ip).parse().expect("addr");
             while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
-                assert!(Instant::now() < deadline, "prosody did not listen on {addr}:\n{}", self.log_tail(40));
+                assert!(
+                    Instant::now() < deadline,
+                    "prosody did not listen on {addr}:\n{}",
+                    self.log_tail(40)
+                );
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
@@ -101,7 +122,11 @@ VirtualHost "{domain}"
             .args(["register", user, &self.domain, password])
             .output()
             .expect("prosodyctl");
-        assert!(out.status.success(), "prosodyctl register: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "prosodyctl register: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     pub fn stop(&mut self) {
@@ -125,7 +150,11 @@ VirtualHost "{domain}"
 impl Drop for Prosody {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("--- prosody {} log (tail) ---\n{}", self.domain, self.log_tail(80));
+            eprintln!(
+                "--- prosody {} log (tail) ---\n{}",
+                self.domain,
+                self.log_tail(80)
+            );
         }
         self.stop();
     }
