@@ -50,10 +50,9 @@ pub struct Resolver {
 
 impl Resolver {
     pub fn new(config: &Config) -> Result<Resolver, ResolveError> {
-        let dns = if config.dns.nameservers.is_empty() {
+        let mut builder = if config.dns.nameservers.is_empty() {
             TokioResolver::builder_tokio()
                 .map_err(|e| ResolveError::Dns("system resolver".into(), e.to_string()))?
-                .build()
         } else {
             let servers = config
                 .dns
@@ -71,9 +70,13 @@ impl Resolver {
                 ResolverConfig::from_name_servers(servers),
                 TokioRuntimeProvider::default(),
             )
+        };
+        // A dead resolver must defer delivery quickly, not hold an attempt for long.
+        builder.options_mut().timeout = std::time::Duration::from_secs(3);
+        builder.options_mut().attempts = 2;
+        let dns = builder
             .build()
-        }
-        .map_err(|e| ResolveError::Dns("resolver set-up".into(), e.to_string()))?;
+            .map_err(|e| ResolveError::Dns("resolver set-up".into(), e.to_string()))?;
         Ok(Resolver {
             dns: Arc::new(dns),
             routes: Arc::new(config.s2s.routes.clone()),

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod c2s;
+pub mod ejabberd;
 pub mod prosody;
 
 use std::io::Write;
@@ -448,6 +449,12 @@ pub struct FakePeer {
 
 impl FakePeer {
     pub fn start(ip: &str, domain: &'static str) -> FakePeer {
+        FakePeer::start_with(ip, domain, true)
+    }
+
+    /// `verify_valid = false`: every db:verify is answered type='invalid', like an
+    /// authoritative server that does not know the key.
+    pub fn start_with(ip: &str, domain: &'static str, verify_valid: bool) -> FakePeer {
         let listener = TcpListener::bind((ip, 0)).expect("bind fake peer");
         let addr = listener.local_addr().expect("addr");
         let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
@@ -456,7 +463,7 @@ impl FakePeer {
             for conn in listener.incoming() {
                 let Ok(sock) = conn else { return };
                 let log = log2.clone();
-                std::thread::spawn(move || fake_conn(sock, domain, log));
+                std::thread::spawn(move || fake_conn(sock, domain, log, verify_valid));
             }
         });
         FakePeer { addr, log }
@@ -467,7 +474,7 @@ impl FakePeer {
     }
 }
 
-fn fake_conn(sock: TcpStream, domain: &str, log: std::sync::Arc<std::sync::Mutex<String>>) {
+fn fake_conn(sock: TcpStream, domain: &str, log: std::sync::Arc<std::sync::Mutex<String>>, verify_valid: bool) {
     use std::io::{Read as _, Write as _};
     let mut sock = sock;
     let _ = sock.set_read_timeout(Some(Duration::from_secs(30)));
@@ -515,8 +522,9 @@ fn fake_conn(sock: TcpStream, domain: &str, log: std::sync::Arc<std::sync::Mutex
             let t = &tag[1..tag.len() - 1];
             let from = attr(el, t, "from").unwrap_or_default();
             let id = attr(el, t, "id").unwrap_or_default();
+            let verdict = if verify_valid { "valid" } else { "invalid" };
             let answer = if t == "db:verify" {
-                format!("<db:verify from='{domain}' to='{from}' id='{id}' type='valid'/>")
+                format!("<db:verify from='{domain}' to='{from}' id='{id}' type='{verdict}'/>")
             } else {
                 format!("<db:result from='{domain}' to='{from}' type='valid'/>")
             };
