@@ -40,6 +40,10 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     #[serde(default)]
     pub log: LogConfig,
+    /// Run as an XEP-0114 component of an existing XMPP server instead of (or besides)
+    /// listening for s2s: that server then carries all of xmta's stanzas.
+    #[serde(default)]
+    pub component: Option<ComponentConfig>,
     /// Where the config was read from (for messages); not a key.
     #[serde(skip)]
     pub source: String,
@@ -135,6 +139,17 @@ pub struct DeliveryConfig {
     /// Most recipients in one message.
     #[serde(default = "default_max_recipients")]
     pub max_recipients: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComponentConfig {
+    /// host:port of the XMPP server's component listener (Prosody: component_ports 5347).
+    pub server: String,
+    /// The component's domain, e.g. "mail.example.org"; also a mail domain of this server.
+    pub jid: String,
+    /// The shared secret of the component on that server.
+    pub secret: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -372,6 +387,37 @@ impl Config {
             routes.insert(d, target.clone());
         }
         self.s2s.routes = routes;
+        if let Some(c) = &mut self.component {
+            let jid = crate::addr::normalize_domain(&c.jid).map_err(|e| ConfigError::Invalid {
+                file: self.source.clone(),
+                key: "component.jid".into(),
+                reason: e.to_string(),
+            })?;
+            if crate::s2s::resolve::parse_host_port(&c.server).is_none() {
+                return Err(ConfigError::Invalid {
+                    file: self.source.clone(),
+                    key: "component.server".into(),
+                    reason: format!("`{}` is not host:port", c.server),
+                });
+            }
+            if c.secret.is_empty() {
+                return Err(ConfigError::Invalid {
+                    file: self.source.clone(),
+                    key: "component.secret".into(),
+                    reason: "the shared secret must not be empty".into(),
+                });
+            }
+            if self.server.domains != [jid.clone()] {
+                return Err(ConfigError::Invalid {
+                    file: self.source.clone(),
+                    key: "server.domains".into(),
+                    reason: format!(
+                        "in component mode the only mail domain is the component's jid `{jid}`"
+                    ),
+                });
+            }
+            c.jid = jid;
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(self.invalid(
                 "log.level",

@@ -90,6 +90,9 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         tokio::spawn(s2s.clone().serve(l));
     }
     tokio::spawn(crate::mta::receive::run(core.clone(), rx));
+    if let Some(cc) = cfg.component.clone() {
+        tokio::spawn(s2s.clone().run_component(cc));
+    }
     tokio::spawn(delivery.clone().run());
     tokio::spawn(crate::admin::serve(core.clone(), admin));
     info!(

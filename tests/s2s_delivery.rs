@@ -288,25 +288,54 @@ impl Drop for Dnsmasq {
 fn dns_failure_defers_and_recovers() {
     let dns_ip = "127.0.0.46";
     let dns_port = free_port(dns_ip);
-    let mut a = Xmta::new(Spec { domain: "a.test", ip: "127.0.0.47", routes: vec![], extra: "", s2s_extra: "" });
-    let mut b = Xmta::new(Spec { domain: "b.test", ip: "127.0.0.48", routes: vec![], extra: "", s2s_extra: "" });
+    let mut a = Xmta::new(Spec {
+        domain: "a.test",
+        ip: "127.0.0.47",
+        routes: vec![],
+        extra: "",
+        s2s_extra: "",
+    });
+    let mut b = Xmta::new(Spec {
+        domain: "b.test",
+        ip: "127.0.0.48",
+        routes: vec![],
+        extra: "",
+        s2s_extra: "",
+    });
     set_route(&mut b, "a.test", &a.addr.to_string());
-    edit_config(&a, "[log]", &format!("[dns]\nnameservers = [\"{dns_ip}:{dns_port}\"]\n\n[log]"));
+    edit_config(
+        &a,
+        "[log]",
+        &format!("[dns]\nnameservers = [\"{dns_ip}:{dns_port}\"]\n\n[log]"),
+    );
     a.start();
     b.start();
     a.add_user("alice@a.test");
     b.add_user("bob@b.test");
-    a.send("alice@a.test", &["bob@b.test"], &message("alice@a.test", "bob@b.test", "dns-later", "x"));
-    a.wait_for("a DNS deferral", 60, || a.queue().iter().any(|l| l.contains("DNS lookup for _xmpp-server._tcp.b.test")));
+    a.send(
+        "alice@a.test",
+        &["bob@b.test"],
+        &message("alice@a.test", "bob@b.test", "dns-later", "x"),
+    );
+    a.wait_for("a DNS deferral", 60, || {
+        a.queue()
+            .iter()
+            .any(|l| l.contains("DNS lookup for _xmpp-server._tcp.b.test"))
+    });
     let _dns = Dnsmasq::start(
         dns_ip,
         dns_port,
         &[
-            format!("--srv-host=_xmpp-server._tcp.b.test,xmpp.b.test,{},0,10", b.addr.port()),
+            format!(
+                "--srv-host=_xmpp-server._tcp.b.test,xmpp.b.test,{},0,10",
+                b.addr.port()
+            ),
             "--address=/xmpp.b.test/127.0.0.48".into(),
         ],
     );
-    b.wait_for("the mail after DNS recovered", 60, || b.mailbox("bob@b.test").len() == 1);
+    b.wait_for("the mail after DNS recovered", 60, || {
+        b.mailbox("bob@b.test").len() == 1
+    });
     a.wait_for("a's queue to empty", 30, || a.queue().is_empty());
 }
 
@@ -320,18 +349,34 @@ fn refused_dialback_defers_and_recovers() {
     let good_route = a.addr.to_string();
     set_route(&mut b, "a.test", &impostor.addr.to_string());
     // set_route prepends, so b now asks the impostor first; remove the good line.
-    let cfg = std::fs::read_to_string(&b.config).unwrap().replace(&format!("\"a.test\" = \"{good_route}\"\n"), "");
+    let cfg = std::fs::read_to_string(&b.config)
+        .unwrap()
+        .replace(&format!("\"a.test\" = \"{good_route}\"\n"), "");
     std::fs::write(&b.config, cfg).unwrap();
     a.start();
     b.start();
     a.add_user("alice@a.test");
     b.add_user("bob@b.test");
-    a.send("alice@a.test", &["bob@b.test"], &message("alice@a.test", "bob@b.test", "refused-first", "x"));
-    a.wait_for("a refusal in the queue", 30, || a.queue().iter().any(|l| l.contains("did not accept our dialback key")));
-    assert!(a.log().contains("dialback failed on outgoing stream"), "{}", a.log_tail(20));
+    a.send(
+        "alice@a.test",
+        &["bob@b.test"],
+        &message("alice@a.test", "bob@b.test", "refused-first", "x"),
+    );
+    a.wait_for("a refusal in the queue", 30, || {
+        a.queue()
+            .iter()
+            .any(|l| l.contains("did not accept our dialback key"))
+    });
+    assert!(
+        a.log().contains("dialback failed on outgoing stream"),
+        "{}",
+        a.log_tail(20)
+    );
     // Fix b's route and restart it: the queued mail goes through.
     b.stop();
-    let cfg = std::fs::read_to_string(&b.config).unwrap().replace(&impostor.addr.to_string(), &good_route);
+    let cfg = std::fs::read_to_string(&b.config)
+        .unwrap()
+        .replace(&impostor.addr.to_string(), &good_route);
     std::fs::write(&b.config, cfg).unwrap();
     b.start();
     b.wait_for("the mail", 60, || b.mailbox("bob@b.test").len() == 1);

@@ -43,7 +43,7 @@ struct Partial {
     stanza_to: String,
     data: Vec<u8>,
     last: Instant,
-    tls: bool,
+    auth: &'static str,
 }
 
 type PartialKey = (u64, String, String, String);
@@ -110,7 +110,8 @@ fn resource_constraint(text: impl Into<String>) -> Refusal {
 struct Origin {
     from_domain: String,
     to_domain: String,
-    tls: bool,
+    /// How the sending domain was authenticated (for the trace headers).
+    auth: &'static str,
 }
 
 /// Consumes inbound events until the channel closes.
@@ -131,14 +132,14 @@ pub async fn run(core: Arc<Core>, mut rx: mpsc::Receiver<InboundEvent>) {
                 stream,
                 from_domain,
                 to_domain,
-                tls,
+                auth,
                 element,
             } => {
                 partials.retain(|_, p| p.last.elapsed() < PARTIAL_IDLE);
                 let origin = Origin {
                     from_domain,
                     to_domain,
-                    tls,
+                    auth,
                 };
                 stanza(&core, &mut partials, stream, &origin, element);
             }
@@ -437,7 +438,7 @@ fn mail_chunk(
                 stanza_to,
                 data,
                 last: Instant::now(),
-                tls: origin.tls,
+                auth: origin.auth,
             },
         );
         return Ok(());
@@ -476,7 +477,7 @@ fn mail_chunk(
     let origin = Origin {
         from_domain: origin.from_domain.clone(),
         to_domain: origin.to_domain.clone(),
-        tls: p.tls,
+        auth: p.auth,
     };
     deliver(core.clone(), &origin, chunk.id, p.envelope, p.data);
     Ok(())
@@ -485,11 +486,7 @@ fn mail_chunk(
 /// Stores a complete mail for its local recipients and sends the receipt.
 fn deliver(core: Arc<Core>, origin: &Origin, mail_id: String, env: Envelope, data: Vec<u8>) {
     let (from_domain, to_domain) = (origin.from_domain.clone(), origin.to_domain.clone());
-    let method = if origin.tls {
-        "dialback; TLS"
-    } else {
-        "dialback"
-    };
+    let method = origin.auth;
     tokio::spawn(async move {
         let now = crate::now();
         let trace = trace_headers(

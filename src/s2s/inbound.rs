@@ -383,7 +383,11 @@ impl Inbound {
                 stream: self.stream_no,
                 from_domain,
                 to_domain,
-                tls: self.tls,
+                auth: if self.tls {
+                    "dialback; TLS"
+                } else {
+                    "dialback"
+                },
                 element: el,
             })
             .await

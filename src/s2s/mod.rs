@@ -10,6 +10,7 @@
 //! The rule this module exists to enforce: a stanza reaches the rest of xmta only if its
 //! `from` domain was authenticated on the stream it arrived on.
 
+mod component;
 pub mod dialback;
 mod inbound;
 mod outbound;
@@ -43,8 +44,9 @@ pub enum InboundEvent {
         stream: u64,
         from_domain: String,
         to_domain: String,
-        /// Whether the stream is encrypted (recorded in trace headers).
-        tls: bool,
+        /// How `from_domain` was authenticated, for trace headers: "dialback",
+        /// "dialback; TLS", or "component" (by the XMPP server xmta is a component of).
+        auth: &'static str,
         element: Element,
     },
     /// The stream ended; state kept per stream (partial chunked mail) can go.
@@ -97,6 +99,9 @@ pub struct S2s {
     originated: std::sync::Mutex<HashSet<(String, String, String)>>,
     next_stream: AtomicU64,
     conn_limit: Arc<Semaphore>,
+    /// The XEP-0114 connection, in component mode.
+    component: tokio::sync::Mutex<Option<Arc<OutboundConn>>>,
+    component_up: tokio::sync::Notify,
 }
 
 impl S2s {
@@ -118,6 +123,8 @@ impl S2s {
             originated: std::sync::Mutex::new(HashSet::new()),
             next_stream: AtomicU64::new(1),
             conn_limit,
+            component: tokio::sync::Mutex::new(None),
+            component_up: tokio::sync::Notify::new(),
         }))
     }
 
@@ -128,6 +135,9 @@ impl S2s {
         local: &str,
         remote: &str,
     ) -> Result<Arc<OutboundConn>, S2sError> {
+        if self.cfg.component.is_some() {
+            return self.component_stream().await;
+        }
         let slot = {
             let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
             pool.entry(remote.to_string()).or_default().clone()

@@ -226,23 +226,16 @@ impl S2s {
             Some(p) if p > 10 => own.min(std::time::Duration::from_secs(p - 5)),
             _ => own,
         };
-        let (tx, rx) = mpsc::channel::<Outgoing>(256);
-        let (closed_tx, closed_rx) = watch::channel(false);
-        let conn = Arc::new(OutboundConn {
-            remote: remote.to_string(),
-            stream_id: n.stream_id.clone(),
-            max_stanza_bytes: max_stanza,
-            tls: n.tls,
-            cert_valid: n.cert_valid,
-            tx,
-            chunked: Arc::new(tokio::sync::Semaphore::new(MAX_CHUNKED_IN_FLIGHT)),
-            open: AtomicBool::new(true),
-            closed: closed_tx,
-            authed: std::sync::Mutex::new(HashSet::new()),
-            pending: std::sync::Mutex::new(HashMap::new()),
-        });
         info!(remote, peer = %n.peer, stream_id = %n.stream_id, tls = n.tls, max_stanza, "outgoing stream open");
-        tokio::spawn(writer_task(conn.clone(), n.writer, rx, closed_rx, idle));
+        let conn = OutboundConn::spawn(
+            remote,
+            &n.stream_id,
+            max_stanza,
+            n.tls,
+            n.cert_valid,
+            n.writer,
+            idle,
+        );
         tokio::spawn(reader_task(conn.clone(), n.reader));
         Ok(conn)
     }
@@ -346,6 +339,53 @@ pub struct OutboundConn {
 }
 
 impl OutboundConn {
+    /// A stream ready for stanzas, with its writer task running; the caller runs the reader.
+    pub(crate) fn spawn(
+        remote: &str,
+        stream_id: &str,
+        max_stanza_bytes: usize,
+        tls: bool,
+        cert_valid: bool,
+        writer: WriteHalf<BoxIo>,
+        idle: std::time::Duration,
+    ) -> Arc<OutboundConn> {
+        let (tx, rx) = mpsc::channel::<Outgoing>(256);
+        let (closed_tx, closed_rx) = watch::channel(false);
+        let conn = Arc::new(OutboundConn {
+            remote: remote.to_string(),
+            stream_id: stream_id.to_string(),
+            max_stanza_bytes,
+            tls,
+            cert_valid,
+            tx,
+            chunked: Arc::new(tokio::sync::Semaphore::new(MAX_CHUNKED_IN_FLIGHT)),
+            open: AtomicBool::new(true),
+            closed: closed_tx,
+            authed: std::sync::Mutex::new(HashSet::new()),
+            pending: std::sync::Mutex::new(HashMap::new()),
+        });
+        tokio::spawn(writer_task(conn.clone(), writer, rx, closed_rx, idle));
+        conn
+    }
+
+    /// Marks `local` as authenticated by other means (the component handshake).
+    pub(crate) fn set_authenticated(&self, local: &str) {
+        self.authed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(local.to_string());
+    }
+
+    /// Resolves when the stream has closed.
+    pub async fn closed(&self) {
+        let mut rx = self.closed.subscribe();
+        while !*rx.borrow() {
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
     pub fn is_open(&self) -> bool {
         self.open.load(Ordering::SeqCst)
     }
@@ -382,7 +422,7 @@ impl OutboundConn {
         self.mark_closed("closed locally");
     }
 
-    fn mark_closed(&self, why: &str) {
+    pub(crate) fn mark_closed(&self, why: &str) {
         if self.open.swap(false, Ordering::SeqCst) {
             debug!(remote = %self.remote, why, "outgoing stream closed");
         }

@@ -78,6 +78,8 @@ pub struct XmlReader<R> {
     max_stanza_bytes: usize,
     max_depth: usize,
     ended: bool,
+    /// Read a stream whose default namespace is the first as if it were the second.
+    alias: Option<(&'static str, &'static str)>,
 }
 
 #[derive(Default)]
@@ -107,7 +109,15 @@ impl<R: AsyncRead + Unpin> XmlReader<R> {
             max_stanza_bytes,
             max_depth: 32,
             ended: false,
+            alias: None,
         }
+    }
+
+    /// Stanzas of a stream in default namespace `from` are read as if in `to` (a
+    /// component stream's jabber:component:accept stanzas become jabber:server ones, so
+    /// the mail layer sees one kind of stanza).
+    pub fn alias_default_ns(&mut self, from: &'static str, to: &'static str) {
+        self.alias = Some((from, to));
     }
 
     pub fn set_max_stanza_bytes(&mut self, n: usize) {
@@ -259,6 +269,11 @@ impl<R: AsyncRead + Unpin> XmlReader<R> {
             )));
         }
         header.default_ns = prefixes.get(&None).cloned().unwrap_or_default();
+        if let Some((from, to)) = self.alias
+            && header.default_ns == from
+        {
+            prefixes.insert(None, to.to_string());
+        }
         self.prefixes = Some(prefixes);
         Ok(header)
     }

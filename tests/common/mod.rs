@@ -5,7 +5,6 @@
 #![allow(dead_code)]
 
 pub mod c2s;
-pub mod ejabberd;
 pub mod prosody;
 
 use std::io::Write;
@@ -474,7 +473,12 @@ impl FakePeer {
     }
 }
 
-fn fake_conn(sock: TcpStream, domain: &str, log: std::sync::Arc<std::sync::Mutex<String>>, verify_valid: bool) {
+fn fake_conn(
+    sock: TcpStream,
+    domain: &str,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+    verify_valid: bool,
+) {
     use std::io::{Read as _, Write as _};
     let mut sock = sock;
     let _ = sock.set_read_timeout(Some(Duration::from_secs(30)));

@@ -1,0 +1,112 @@
+//! Component mode (XEP-0114): xmta is the mail.p.test component of a private Prosody;
+//! mail between it and a standalone xmta (a.test) crosses Prosody's s2s, chunked above
+//! Prosody's 512 KiB stanza limit, with receipts both ways.
+
+mod common;
+
+use common::prosody::Prosody;
+use common::*;
+
+fn two_mb(from: &str, to: &str, subject: &str, seed: u32) -> Vec<u8> {
+    let mut m = format!("From: {from}\r\nTo: {to}\r\nSubject: {subject}\r\nDate: Tue, 01 Dec 2026 08:00:00 +0000\r\nMessage-ID: <{subject}@test>\r\nMIME-Version: 1.0\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: binary\r\n\r\n").into_bytes();
+    let mut x = seed;
+    for _ in 0..2_000_000 {
+        x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+        m.push((x >> 16) as u8);
+    }
+    m
+}
+
+#[test]
+fn component_behind_prosody_carries_big_mail_both_ways() {
+    let prosody_ip = "127.0.0.62";
+    let a_ip = "127.0.0.63";
+    let comp_ip = "127.0.0.64";
+    let p = Prosody::start(
+        prosody_ip,
+        "p.test",
+        &[(a_ip, "a.test")],
+        "",
+        "Component \"mail.p.test\"\n    component_secret = \"c0mp0nent\"\n",
+    );
+    // The standalone xmta: Prosody finds a.test on port 5269 of its address.
+    let mut a = Xmta::new(Spec {
+        domain: "a.test",
+        ip: a_ip,
+        routes: vec![],
+        extra: "",
+        s2s_extra: "",
+    });
+    let cfg = std::fs::read_to_string(&a.config).unwrap();
+    std::fs::write(
+        &a.config,
+        cfg.replacen(
+            &format!("listen = [\"{}\"]", a.addr),
+            &format!("listen = [\"{a_ip}:5269\"]"),
+            1,
+        ),
+    )
+    .unwrap();
+    a.addr = format!("{a_ip}:5269").parse().unwrap();
+    set_route(&mut a, "mail.p.test", &format!("{prosody_ip}:5269"));
+    // The component.
+    let mut c = Xmta::new(Spec {
+        domain: "mail.p.test",
+        ip: comp_ip,
+        routes: vec![],
+        extra: &format!(
+            "[component]\nserver = \"{prosody_ip}:5347\"\njid = \"mail.p.test\"\nsecret = \"c0mp0nent\"\n"
+        ),
+        s2s_extra: "",
+    });
+    a.start();
+    c.start();
+    a.add_user("alice@a.test");
+    c.add_user("carol@mail.p.test");
+    c.wait_for("the component handshake", 20, || {
+        c.log().contains("component connected")
+    });
+
+    let m1 = two_mb("alice@a.test", "carol@mail.p.test", "to-component", 7);
+    a.send("alice@a.test", &["carol@mail.p.test"], &m1);
+    c.wait_for("the mail at the component", 60, || {
+        c.mailbox("carol@mail.p.test").len() == 1
+    });
+    let got = c.show("carol@mail.p.test", 1);
+    assert!(
+        got.ends_with(&m1),
+        "not byte-identical ({} vs {} bytes)",
+        got.len(),
+        m1.len()
+    );
+    assert!(String::from_utf8_lossy(&got[..200]).contains("x-xmpp=pass (component)"));
+    a.wait_for("a's receipt from the component", 60, || {
+        a.queue().is_empty()
+    });
+
+    let m2 = two_mb("carol@mail.p.test", "alice@a.test", "from-component", 11);
+    c.send("carol@mail.p.test", &["alice@a.test"], &m2);
+    a.wait_for("the mail at a.test", 60, || {
+        a.mailbox("alice@a.test").len() == 1
+    });
+    let got = a.show("alice@a.test", 1);
+    assert!(
+        got.ends_with(&m2),
+        "not byte-identical ({} vs {} bytes)",
+        got.len(),
+        m2.len()
+    );
+    c.wait_for("the component's receipt", 60, || c.queue().is_empty());
+    // Prosody carried it: both directions of its s2s with a.test were authenticated.
+    let plog = p.log();
+    assert!(
+        plog.contains("Incoming s2s connection a.test->mail.p.test complete"),
+        "{}",
+        p.log_tail(40)
+    );
+    assert!(
+        plog.contains("Outgoing s2s connection mail.p.test->a.test complete"),
+        "{}",
+        p.log_tail(40)
+    );
+}
