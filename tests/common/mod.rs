@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod c2s;
+pub mod ejabberd;
 pub mod prosody;
 
 use std::io::Write;
@@ -539,10 +540,24 @@ fn fake_conn(
 }
 
 /// A test CA and a certificate for each domain, as PEM files in `dir`.
-/// Returns the CA path and (cert, key) paths per domain.
+/// Returns the CA path and (cert, key) paths per domain. Valid from last year to five
+/// years ahead: ejabberd 23.01 schedules a timer for each certificate's expiry and loads
+/// none at all ("TLS failed: no_certfile") with rcgen's default not_after of 4096.
 pub fn make_certs(dir: &Path, domains: &[&str]) -> (PathBuf, Vec<(PathBuf, PathBuf)>) {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, date_time_ymd,
+    };
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let year = 1970 + (secs / 31_556_952) as i32;
+    let bounded = |p: &mut CertificateParams| {
+        p.not_before = date_time_ymd(year - 1, 1, 1);
+        p.not_after = date_time_ymd(year + 5, 1, 1);
+    };
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    bounded(&mut ca_params);
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params
         .distinguished_name
@@ -554,6 +569,7 @@ pub fn make_certs(dir: &Path, domains: &[&str]) -> (PathBuf, Vec<(PathBuf, PathB
     let mut out = Vec::new();
     for d in domains {
         let mut p = CertificateParams::new(vec![d.to_string()]).expect("params");
+        bounded(&mut p);
         p.distinguished_name.push(DnType::CommonName, *d);
         let key = KeyPair::generate().expect("key");
         let cert = p.signed_by(&key, &ca).expect("sign");
