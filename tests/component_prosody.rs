@@ -110,3 +110,91 @@ fn component_behind_prosody_carries_big_mail_both_ways() {
         p.log_tail(40)
     );
 }
+
+/// Prosody, which carries every stanza between a.test and the component, is killed in
+/// the middle of a 200-message burst and restarted. Receipts and the component's
+/// duplicate memory (XEP-MTA §11.4) make every message arrive exactly once.
+#[test]
+fn prosody_restart_mid_burst_delivers_each_mail_once() {
+    let prosody_ip = "127.0.0.65";
+    let a_ip = "127.0.0.66";
+    let comp_ip = "127.0.0.67";
+    let mut p = Prosody::start(
+        prosody_ip,
+        "p.test",
+        &[(a_ip, "a.test")],
+        "",
+        "Component \"mail.p.test\"\n    component_secret = \"c0mp0nent\"\n",
+    );
+    let mut a = Xmta::new(Spec {
+        domain: "a.test",
+        ip: a_ip,
+        routes: vec![],
+        extra: "",
+        s2s_extra: "",
+    });
+    let cfg = std::fs::read_to_string(&a.config).unwrap();
+    std::fs::write(
+        &a.config,
+        cfg.replacen(
+            &format!("listen = [\"{}\"]", a.addr),
+            &format!("listen = [\"{a_ip}:5269\"]"),
+            1,
+        ),
+    )
+    .unwrap();
+    a.addr = format!("{a_ip}:5269").parse().unwrap();
+    set_route(&mut a, "mail.p.test", &format!("{prosody_ip}:5269"));
+    let mut c = Xmta::new(Spec {
+        domain: "mail.p.test",
+        ip: comp_ip,
+        routes: vec![],
+        extra: &format!(
+            "[component]\nserver = \"{prosody_ip}:5347\"\njid = \"mail.p.test\"\nsecret = \"c0mp0nent\"\n"
+        ),
+        s2s_extra: "",
+    });
+    a.start();
+    c.start();
+    a.add_user("alice@a.test");
+    c.add_user("carol@mail.p.test");
+    c.wait_for("the component handshake", 20, || {
+        c.log().contains("component connected")
+    });
+    let total = 200;
+    std::thread::scope(|s| {
+        let sender = s.spawn(|| {
+            for i in 0..total {
+                let m = message(
+                    "alice@a.test",
+                    "carol@mail.p.test",
+                    &format!("burst-{i:03}"),
+                    "x",
+                );
+                a.send("alice@a.test", &["carol@mail.p.test"], &m);
+            }
+        });
+        c.wait_for("part of the burst", 60, || {
+            c.mailbox("carol@mail.p.test").len() >= 30
+        });
+        p.stop();
+        p.launch();
+        sender.join().unwrap();
+    });
+    c.wait_for("the component to reconnect", 60, || {
+        c.log().matches("component connected").count() >= 2
+    });
+    a.wait_for("a's queue to empty", 180, || a.queue().is_empty());
+    let mut subjects: Vec<String> = c
+        .mailbox("carol@mail.p.test")
+        .into_iter()
+        .map(|l| l.subject)
+        .collect();
+    subjects.sort();
+    let expected: Vec<String> = (0..total).map(|i| format!("burst-{i:03}")).collect();
+    assert_eq!(subjects, expected, "every message exactly once");
+    assert!(
+        a.log().contains("delivery deferred"),
+        "the restart must have interrupted delivery"
+    );
+}
