@@ -45,6 +45,7 @@ fn dialback_both_ways_with_ejabberd_plain() {
         a: &[("b.test", xmta_ip)],
         srv: &[("b.test", "b.test", port)],
         tls: None,
+        service: None,
     });
     e.register("erin", "secret");
     b.start();
@@ -146,6 +147,7 @@ fn dialback_over_starttls_with_ejabberd() {
             ca: &ca,
             s2s_starttls: "required",
         }),
+        service: None,
     });
     e.register("erin", "secret");
     b.start();
@@ -170,11 +172,20 @@ fn dialback_over_starttls_with_ejabberd() {
         "{}",
         b.log_tail(40)
     );
+    // Over TLS with certificates from the CA both trust, the servers use SASL EXTERNAL
+    // (XEP-0178) instead of dialback, in both directions.
     let accepted = e.wait_log(
-        "Accepted inbound s2s dialback authentication b.test -> e.test",
+        "Accepted inbound s2s EXTERNAL authentication b.test -> e.test",
         10,
     );
     assert!(accepted.contains("(tls|"), "{}", e.s2s_log_tail(60));
+    assert!(
+        b.log().contains(
+            "outgoing stream authenticated (SASL EXTERNAL) local=\"b.test\" remote=\"e.test\""
+        ),
+        "{}",
+        b.log_tail(40)
+    );
 
     erin.raw.got.clear();
     erin.send("<iq type='get' to='b.test' id='disco2'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>");
@@ -186,12 +197,12 @@ fn dialback_over_starttls_with_ejabberd() {
     );
     // ejabberd's stream into xmta was encrypted too.
     let out = e.wait_log(
-        "Accepted outbound s2s dialback authentication e.test -> b.test",
+        "Accepted outbound s2s EXTERNAL authentication e.test -> b.test",
         10,
     );
     assert!(out.contains("(tls|"), "{}", e.s2s_log_tail(60));
     let blog = b.log();
-    let line = first_line(&blog, "inbound stream authenticated (dialback)");
+    let line = first_line(&blog, "inbound stream authenticated (SASL EXTERNAL)");
     assert!(
         line.contains("from=e.test") && line.contains("tls=true"),
         "{line}\n{}",

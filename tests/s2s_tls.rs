@@ -40,7 +40,9 @@ fn starttls_required_both_ways() {
     a.wait_for("mail at a", 30, || a.mailbox("alice@a.test").len() == 1);
     let got = String::from_utf8_lossy(&b.show("bob@b.test", 1)).to_string();
     assert!(
-        got.starts_with("Authentication-Results: b.test; x-xmpp=pass (dialback; TLS)"),
+        // Both certificates are valid under the CA both trust: SASL EXTERNAL (XEP-0178)
+        // authenticates the stream, and the trace header says so.
+        got.starts_with("Authentication-Results: b.test; x-xmpp=pass (certificate)"),
         "{got}"
     );
     // Both sides verified the other's certificate against the test CA.
@@ -104,4 +106,40 @@ fn required_tls_refuses_plaintext_peers() {
         a.queue().iter().any(|l| l.contains("requires TLS"))
     });
     assert!(b.mailbox("bob@b.test").is_empty());
+}
+
+/// Opportunistic TLS with certificates neither side can verify (each from its own CA):
+/// the streams are encrypted, EXTERNAL is neither offered nor used, and dialback
+/// authenticates the domains (RFC 7590 §3.4, XEP-0220 over TLS).
+#[test]
+fn unverifiable_certificates_fall_back_to_dialback_over_tls() {
+    let ca_a = tempfile::tempdir().unwrap();
+    let ca_b = tempfile::tempdir().unwrap();
+    let (_, pa) = make_certs(ca_a.path(), &["a.test"]);
+    let (_, pb) = make_certs(ca_b.path(), &["b.test"]);
+    let (mut a, mut b) = pair("127.0.0.68", "127.0.0.69", "", "");
+    set_tls(&mut a, "optional", Some((&pa[0].0, &pa[0].1)), None);
+    set_tls(&mut b, "optional", Some((&pb[0].0, &pb[0].1)), None);
+    a.start();
+    b.start();
+    a.add_user("alice@a.test");
+    b.add_user("bob@b.test");
+    a.send(
+        "alice@a.test",
+        &["bob@b.test"],
+        &message("alice@a.test", "bob@b.test", "opportunistic", "x"),
+    );
+    b.wait_for("the mail", 30, || b.mailbox("bob@b.test").len() == 1);
+    let got = String::from_utf8_lossy(&b.show("bob@b.test", 1)).to_string();
+    assert!(
+        got.starts_with("Authentication-Results: b.test; x-xmpp=pass (dialback; TLS)"),
+        "{got}"
+    );
+    assert!(
+        a.log()
+            .contains("outgoing stream encrypted remote=\"b.test\" cert_valid=false"),
+        "{}",
+        a.log_tail(30)
+    );
+    assert!(!a.log().contains("SASL EXTERNAL") && !b.log().contains("SASL EXTERNAL"));
 }

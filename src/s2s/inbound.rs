@@ -41,6 +41,14 @@ struct Inbound {
     /// (originating domain, receiving domain) pairs authenticated on this stream.
     authed: HashSet<(String, String)>,
     pending: HashSet<(String, String)>,
+    /// Pairs authenticated with SASL EXTERNAL (the rest by dialback).
+    by_certificate: HashSet<(String, String)>,
+    /// The certificate chain the peer presented in the TLS handshake, if any.
+    peer_chain: Option<Vec<rustls::pki_types::CertificateDer<'static>>>,
+    /// 'from' and 'to' of the current stream header (normalized).
+    header_from: Option<String>,
+    header_to: Option<String>,
+    sasl_done: bool,
 }
 
 /// Why a stream ends: the stream error to send, or a clean close.
@@ -94,6 +102,11 @@ impl S2s {
             tls: false,
             authed: HashSet::new(),
             pending: HashSet::new(),
+            by_certificate: HashSet::new(),
+            peer_chain: None,
+            header_from: None,
+            header_to: None,
+            sasl_done: false,
         };
         let end = conn.run().await;
         match end {
@@ -168,6 +181,11 @@ impl Inbound {
         let local =
             h.to.clone()
                 .and_then(|t| crate::addr::normalize_domain(&t).ok());
+        self.header_to = local.clone();
+        self.header_from = h
+            .from
+            .as_deref()
+            .and_then(|f| crate::addr::normalize_domain(f).ok());
         let header = stream_header(
             ns::SERVER,
             local.as_deref(),
@@ -210,6 +228,12 @@ impl Inbound {
                 }
                 f.push_str("</starttls>");
             }
+            if self.external_possible() {
+                f.push_str(&format!(
+                    "<mechanisms xmlns='{}'><mechanism>EXTERNAL</mechanism></mechanisms>",
+                    ns::SASL
+                ));
+            }
             f.push_str(&format!(
                 "<dialback xmlns='{}'><errors/></dialback>",
                 ns::DIALBACK_FEATURE
@@ -225,6 +249,64 @@ impl Inbound {
         }
         debug!(peer = %self.peer, from = ?h.from, to = ?h.to, id = %self.stream_id, tls = self.tls, "inbound stream opened");
         Ok(h)
+    }
+
+    /// XEP-0178: EXTERNAL is offered once TLS is up and the peer's certificate is valid
+    /// for the domain its stream header claims.
+    fn external_possible(&self) -> bool {
+        if !self.tls || self.sasl_done {
+            return false;
+        }
+        match (&self.peer_chain, &self.header_from) {
+            (Some(chain), Some(from)) => {
+                !self.s2s.cfg.is_local_domain(from) && self.s2s.tls.chain_valid_for(chain, from)
+            }
+            _ => false,
+        }
+    }
+
+    /// SASL EXTERNAL (RFC 6120 §6, XEP-0178 §3): the authorization identity, if given,
+    /// must be the header's 'from', for which the certificate must be valid.
+    async fn sasl(&mut self, el: &Element) -> Result<(), End> {
+        if el.name() != "auth" {
+            return Err(End::Error(
+                "unsupported-stanza-type",
+                format!("SASL <{}> out of place", el.name()),
+            ));
+        }
+        let failure = |cond: &str| format!("<failure xmlns='{}'><{cond}/></failure>", ns::SASL);
+        if el.attr("mechanism") != Some("EXTERNAL") {
+            return self.write(&failure("invalid-mechanism")).await;
+        }
+        let text = el.text();
+        let authzid = match text.trim() {
+            "" | "=" => self.header_from.clone(),
+            b64 => {
+                use base64::Engine;
+                base64::engine::general_purpose::STANDARD
+                    .decode(b64)
+                    .ok()
+                    .and_then(|v| String::from_utf8(v).ok())
+                    .and_then(|d| crate::addr::normalize_domain(&d).ok())
+            }
+        };
+        let ok = self.external_possible() && authzid.is_some() && authzid == self.header_from;
+        let (Some(from), Some(to), true) = (self.header_from.clone(), self.header_to.clone(), ok)
+        else {
+            info!(peer = %self.peer, from = ?self.header_from, "SASL EXTERNAL refused");
+            return self.write(&failure("not-authorized")).await;
+        };
+        self.write(&format!("<success xmlns='{}'/>", ns::SASL))
+            .await?;
+        info!(peer = %self.peer, %from, %to, tls = self.tls, "inbound stream authenticated (SASL EXTERNAL)");
+        self.sasl_done = true;
+        self.authed.insert((from.clone(), to.clone()));
+        self.by_certificate.insert((from, to));
+        // The peer restarts the stream (RFC 6120 §6.4.6).
+        self.reader.restart();
+        self.header_sent = false;
+        let deadline = Instant::now() + self.s2s.cfg.handshake_timeout();
+        self.open(deadline).await.map(|_| ())
     }
 
     async fn starttls(&mut self) -> Result<(), End> {
@@ -266,6 +348,11 @@ impl Inbound {
             }
             Err(_) => return Err(End::Gone),
         };
+        self.peer_chain = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .map(|c| c.iter().map(|d| d.clone().into_owned()).collect());
         let io: BoxIo = Box::new(tls);
         let (r, w) = tokio::io::split(io);
         self.reader = XmlReader::new(r, self.s2s.cfg.s2s.max_stanza_bytes);
@@ -316,6 +403,9 @@ impl Inbound {
         let el_ns = el.ns();
         if el_ns == ns::DIALBACK {
             return self.dialback(&el, vtx).await;
+        }
+        if el_ns == ns::SASL {
+            return self.sasl(&el).await;
         }
         if el.is("starttls", ns::TLS) {
             self.starttls().await?;
@@ -377,17 +467,23 @@ impl Inbound {
                 format!("{from_domain} is not authenticated to send to {to_domain} on this stream"),
             ));
         }
+        let auth = if self
+            .by_certificate
+            .contains(&(from_domain.clone(), to_domain.clone()))
+        {
+            "certificate"
+        } else if self.tls {
+            "dialback; TLS"
+        } else {
+            "dialback"
+        };
         self.s2s
             .events
             .send(InboundEvent::Stanza {
                 stream: self.stream_no,
                 from_domain,
                 to_domain,
-                auth: if self.tls {
-                    "dialback; TLS"
-                } else {
-                    "dialback"
-                },
+                auth,
                 element: el,
             })
             .await

@@ -152,7 +152,9 @@ impl S2s {
             return Ok(conn.clone());
         }
         let conn = self.dial(local, remote).await?;
-        conn.authenticate(self, local).await?;
+        if !conn.is_authenticated(local) {
+            conn.authenticate(self, local).await?;
+        }
         *guard = Some(conn.clone());
         Ok(conn)
     }

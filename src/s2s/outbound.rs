@@ -33,6 +33,8 @@ pub(crate) struct Negotiated {
     pub tls: bool,
     pub cert_valid: bool,
     pub peer: SocketAddr,
+    /// The local domain was authenticated with SASL EXTERNAL (XEP-0178): no dialback.
+    pub external: bool,
 }
 
 /// The largest stanza a peer accepts when it does not say (what Prosody and ejabberd use).
@@ -90,6 +92,7 @@ impl S2s {
         let mut reader = XmlReader::new(r, self.cfg.s2s.max_stanza_bytes);
         let mut tls = false;
         let mut cert_valid = false;
+        let mut external = false;
         loop {
             let header = stream_header(ns::SERVER, Some(local), Some(remote), None, true);
             write(&mut w, remote, &header).await?;
@@ -187,6 +190,49 @@ impl S2s {
                     reason: "the peer does not offer STARTTLS".into(),
                 });
             }
+            // XEP-0178: over TLS with our certificate, authenticate with SASL EXTERNAL
+            // where the peer offers it; dialback remains the fallback.
+            let offers_external = features
+                .as_ref()
+                .and_then(|f| f.get_child("mechanisms", ns::SASL))
+                .map(|m| {
+                    m.children()
+                        .any(|c| c.name() == "mechanism" && c.text().trim() == "EXTERNAL")
+                })
+                .unwrap_or(false);
+            if tls && !external && offers_external && self.tls.client_cert {
+                use base64::Engine;
+                let authzid = base64::engine::general_purpose::STANDARD.encode(local.as_bytes());
+                write(
+                    &mut w,
+                    remote,
+                    &format!(
+                        "<auth xmlns='{}' mechanism='EXTERNAL'>{authzid}</auth>",
+                        ns::SASL
+                    ),
+                )
+                .await?;
+                let answer = reader
+                    .next()
+                    .await
+                    .map_err(|e| S2sError::stream(remote, e))?
+                    .ok_or_else(|| S2sError::stream(remote, "stream closed during SASL"))?;
+                if answer.is("success", ns::SASL) {
+                    info!(
+                        local,
+                        remote, "outgoing stream authenticated (SASL EXTERNAL)"
+                    );
+                    external = true;
+                    reader.restart();
+                    continue;
+                }
+                let why = answer
+                    .children()
+                    .next()
+                    .map(|c| c.name().to_string())
+                    .unwrap_or_default();
+                info!(local, remote, reason = %why, "SASL EXTERNAL refused; using dialback");
+            }
             return Ok(Negotiated {
                 reader,
                 writer: w,
@@ -195,6 +241,7 @@ impl S2s {
                 tls,
                 cert_valid,
                 peer,
+                external,
             });
         }
     }
@@ -236,6 +283,9 @@ impl S2s {
             n.writer,
             idle,
         );
+        if n.external {
+            conn.set_authenticated(local);
+        }
         tokio::spawn(reader_task(conn.clone(), n.reader));
         Ok(conn)
     }

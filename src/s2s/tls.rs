@@ -10,7 +10,11 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{
+    ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
+    SignatureScheme,
+};
 
 use crate::config::{Config, TlsMode};
 
@@ -32,6 +36,9 @@ pub struct TlsContext {
     pub client: Arc<ClientConfig>,
     /// Verifies a peer chain after the handshake, to record whether it was valid.
     pub verifier: Arc<WebPkiServerVerifier>,
+    /// Whether our own certificate is presented as a client certificate on outbound
+    /// streams (for SASL EXTERNAL, XEP-0178).
+    pub client_cert: bool,
 }
 
 fn file_err(path: &Path, reason: impl ToString) -> TlsError {
@@ -67,39 +74,57 @@ impl TlsContext {
             .build()
             .map_err(|e| TlsError::Setup(e.to_string()))?;
 
-        let server = match (&config.s2s.cert, &config.s2s.key) {
+        let schemes = provider
+            .signature_verification_algorithms
+            .supported_schemes();
+        let identity = match (&config.s2s.cert, &config.s2s.key) {
             (Some(cert), Some(key)) => {
                 let chain = load_certs(cert)?;
                 let key = PrivateKeyDer::from_pem_file(key).map_err(|e| file_err(key, e))?;
+                Some((chain, key))
+            }
+            _ => None,
+        };
+        let server = match &identity {
+            Some((chain, key)) => {
+                // Peers may present a certificate (XEP-0178); it is checked after the
+                // handshake as a server certificate for the domain the peer claims.
                 let sc = ServerConfig::builder_with_provider(provider.clone())
                     .with_safe_default_protocol_versions()
                     .map_err(|e| TlsError::Setup(e.to_string()))?
-                    .with_no_client_auth()
-                    .with_single_cert(chain, key)
+                    .with_client_cert_verifier(Arc::new(RecordOnly {
+                        schemes: schemes.clone(),
+                        provider: provider.clone(),
+                    }))
+                    .with_single_cert(chain.clone(), key.clone_key())
                     .map_err(|e| TlsError::Setup(format!("certificate and key: {e}")))?;
                 Some(Arc::new(sc))
             }
-            _ => None,
+            None => None,
         };
 
         let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::Setup(e.to_string()))?;
-        let client = if config.s2s.tls == TlsMode::Required {
-            builder.with_root_certificates(roots).with_no_client_auth()
+        let wants_cert = if config.s2s.tls == TlsMode::Required {
+            builder.with_root_certificates(roots)
         } else {
             builder
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(RecordOnly {
-                    schemes: provider
-                        .signature_verification_algorithms
-                        .supported_schemes(),
+                    schemes: schemes.clone(),
                     provider: provider.clone(),
                 }))
-                .with_no_client_auth()
+        };
+        let client = match identity {
+            Some((chain, key)) => wants_cert
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| TlsError::Setup(format!("client certificate: {e}")))?,
+            None => wants_cert.with_no_client_auth(),
         };
         Ok(TlsContext {
             mode: config.s2s.tls,
+            client_cert: server.is_some(),
             server,
             client: Arc::new(client),
             verifier,
@@ -120,13 +145,69 @@ impl TlsContext {
     }
 }
 
-/// Accepts any server certificate (signatures are still checked); validity is evaluated
-/// separately with `chain_valid_for` and logged. Used only when TLS is opportunistic and
-/// dialback authenticates the peer.
+/// Accepts any certificate (handshake signatures are still checked); validity for the
+/// claimed domain is evaluated separately with `chain_valid_for`. Used for client
+/// certificates on inbound streams (checked before SASL EXTERNAL may succeed) and for
+/// server certificates when TLS is opportunistic and dialback authenticates the peer.
 #[derive(Debug)]
 struct RecordOnly {
     schemes: Vec<SignatureScheme>,
     provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ClientCertVerifier for RecordOnly {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.schemes.clone()
+    }
 }
 
 impl ServerCertVerifier for RecordOnly {

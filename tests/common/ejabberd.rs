@@ -3,7 +3,8 @@
 //! Everything it owns lives in one temp dir (config, mnesia spool, logs, pid file, its
 //! own `inetrc`, hosts and resolv.conf), chowned to the `ejabberd` user that
 //! `ejabberdctl` runs the node as. Isolation:
-//! - Listeners (c2s 5222, s2s 5269) on one 127.0.0.x address only.
+//! - Listeners (c2s 5222, s2s 5269, and optionally an XEP-0114 component listener) on
+//!   one 127.0.0.x address only.
 //! - Erlang distribution on a fixed free port of 127.0.0.1 (`ERL_DIST_PORT`,
 //!   `inet_dist_use_interface`), so no epmd is started and nothing listens on other
 //!   interfaces; a node name unique per instance and a random cookie (`-setcookie`), so
@@ -38,6 +39,17 @@ pub struct EjabberdTls<'a> {
     pub s2s_starttls: &'a str,
 }
 
+/// An `ejabberd_service` (XEP-0114) listener on the instance's address, for one
+/// component domain.
+pub struct EjabberdService<'a> {
+    pub port: u16,
+    /// The component's domain (a `hosts` entry of the listener).
+    pub jid: &'a str,
+    pub password: &'a str,
+    /// The listener's `max_stanza_size`; None leaves ejabberd's default.
+    pub max_stanza_size: Option<usize>,
+}
+
 pub struct EjabberdSpec<'a> {
     /// Address of ejabberd's listeners.
     pub ip: &'a str,
@@ -49,11 +61,15 @@ pub struct EjabberdSpec<'a> {
     /// `_xmpp-server._tcp` SRV records: (domain, target host, port).
     pub srv: &'a [(&'a str, &'a str, u16)],
     pub tls: Option<EjabberdTls<'a>>,
+    /// An XEP-0114 component listener.
+    pub service: Option<EjabberdService<'a>>,
 }
 
 pub struct Ejabberd {
     pub domain: String,
     pub ip: String,
+    /// The component listener's port, if any.
+    pub service_port: Option<u16>,
     pub node: String,
     pub dir: tempfile::TempDir,
     child: Option<Child>,
@@ -135,6 +151,20 @@ impl Ejabberd {
                 ca.display()
             );
         }
+        let mut service_cfg = String::new();
+        if let Some(sv) = &spec.service {
+            service_cfg = format!(
+                "  -\n    port: {}\n    ip: \"{ip}\"\n    module: ejabberd_service\n",
+                sv.port
+            );
+            if let Some(m) = sv.max_stanza_size {
+                service_cfg.push_str(&format!("    max_stanza_size: {m}\n"));
+            }
+            service_cfg.push_str(&format!(
+                "    hosts:\n      \"{}\":\n        password: \"{}\"\n",
+                sv.jid, sv.password
+            ));
+        }
         let cfg = format!(
             r#"hosts:
   - "{domain}"
@@ -154,7 +184,7 @@ listen:
     ip: "{ip}"
     module: ejabberd_s2s_in
     max_stanza_size: 524288
-{tls_cfg}s2s_access: all
+{service_cfg}{tls_cfg}s2s_access: all
 s2s_dns_timeout: 2
 s2s_dns_retries: 1
 auth_method: internal
@@ -210,11 +240,16 @@ EJABBERD_BYPASS_WARNINGS=true
         assert!(st.success(), "chown -R ejabberd {d}");
 
         // A leftover instance on these addresses would answer for us: refuse to start.
-        for addr in [
+        let service_port = spec.service.as_ref().map(|s| s.port);
+        let mut in_use = vec![
             format!("{ip}:5222"),
             format!("{ip}:5269"),
             format!("{}:53", spec.dns_ip),
-        ] {
+        ];
+        if let Some(p) = service_port {
+            in_use.push(format!("{ip}:{p}"));
+        }
+        for addr in in_use {
             let addr: SocketAddr = addr.parse().expect("addr");
             assert!(
                 TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err(),
@@ -225,6 +260,7 @@ EJABBERD_BYPASS_WARNINGS=true
         let mut e = Ejabberd {
             domain: spec.domain.to_string(),
             ip: ip.to_string(),
+            service_port,
             node,
             dir,
             child: None,
@@ -317,7 +353,8 @@ EJABBERD_BYPASS_WARNINGS=true
             .expect("start ejabberd");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(40);
-        for port in [5222u16, 5269] {
+        let ports = [5222u16, 5269].into_iter().chain(self.service_port);
+        for port in ports {
             let addr: SocketAddr = format!("{}:{port}", self.ip).parse().expect("addr");
             while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
                 if let Some(c) = self.child.as_mut()
@@ -381,6 +418,12 @@ EJABBERD_BYPASS_WARNINGS=true
         format!("{}:5269", self.ip).parse().expect("addr")
     }
 
+    /// The component listener's address (the spec must have had a service).
+    pub fn service_addr(&self) -> SocketAddr {
+        let port = self.service_port.expect("no service listener configured");
+        format!("{}:{port}", self.ip).parse().expect("addr")
+    }
+
     pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("logs").join("ejabberd.log")
     }
@@ -418,6 +461,7 @@ EJABBERD_BYPASS_WARNINGS=true
             .lines()
             .filter(|l| {
                 l.contains("s2s")
+                    || l.contains("service")
                     || l.contains("XML on stream")
                     || l.contains("[warning]")
                     || l.contains("[error]")
