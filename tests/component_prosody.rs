@@ -7,16 +7,6 @@ mod common;
 use common::prosody::Prosody;
 use common::*;
 
-fn two_mb(from: &str, to: &str, subject: &str, seed: u32) -> Vec<u8> {
-    let mut m = format!("From: {from}\r\nTo: {to}\r\nSubject: {subject}\r\nDate: Tue, 01 Dec 2026 08:00:00 +0000\r\nMessage-ID: <{subject}@test>\r\nMIME-Version: 1.0\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: binary\r\n\r\n").into_bytes();
-    let mut x = seed;
-    for _ in 0..2_000_000 {
-        x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
-        m.push((x >> 16) as u8);
-    }
-    m
-}
-
 #[test]
 fn component_behind_prosody_carries_big_mail_both_ways() {
     let prosody_ip = "127.0.0.62";
@@ -30,24 +20,8 @@ fn component_behind_prosody_carries_big_mail_both_ways() {
         "Component \"mail.p.test\"\n    component_secret = \"c0mp0nent\"\n",
     );
     // The standalone xmta: Prosody finds a.test on port 5269 of its address.
-    let mut a = Xmta::new(Spec {
-        domain: "a.test",
-        ip: a_ip,
-        routes: vec![],
-        extra: "",
-        s2s_extra: "",
-    });
-    let cfg = std::fs::read_to_string(&a.config).unwrap();
-    std::fs::write(
-        &a.config,
-        cfg.replacen(
-            &format!("listen = [\"{}\"]", a.addr),
-            &format!("listen = [\"{a_ip}:5269\"]"),
-            1,
-        ),
-    )
-    .unwrap();
-    a.addr = format!("{a_ip}:5269").parse().unwrap();
+    // Prosody finds a.test by A record, on the default port.
+    let mut a = Xmta::on_default_port("a.test", a_ip);
     set_route(&mut a, "mail.p.test", &format!("{prosody_ip}:5269"));
     // The component.
     let mut c = Xmta::new(Spec {
@@ -126,24 +100,8 @@ fn prosody_restart_mid_burst_delivers_each_mail_once() {
         "",
         "Component \"mail.p.test\"\n    component_secret = \"c0mp0nent\"\n",
     );
-    let mut a = Xmta::new(Spec {
-        domain: "a.test",
-        ip: a_ip,
-        routes: vec![],
-        extra: "",
-        s2s_extra: "",
-    });
-    let cfg = std::fs::read_to_string(&a.config).unwrap();
-    std::fs::write(
-        &a.config,
-        cfg.replacen(
-            &format!("listen = [\"{}\"]", a.addr),
-            &format!("listen = [\"{a_ip}:5269\"]"),
-            1,
-        ),
-    )
-    .unwrap();
-    a.addr = format!("{a_ip}:5269").parse().unwrap();
+    // Prosody finds a.test by A record, on the default port.
+    let mut a = Xmta::on_default_port("a.test", a_ip);
     set_route(&mut a, "mail.p.test", &format!("{prosody_ip}:5269"));
     let mut c = Xmta::new(Spec {
         domain: "mail.p.test",

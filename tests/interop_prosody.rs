@@ -12,22 +12,8 @@ use common::*;
 fn dialback_both_ways_with_prosody_plain() {
     let xmta_ip = "127.0.0.41";
     let prosody_ip = "127.0.0.40";
-    let mut b = Xmta::new(Spec {
-        domain: "b.test",
-        ip: xmta_ip,
-        routes: vec![],
-        extra: "",
-        s2s_extra: "",
-    });
-    // Prosody looks for b.test on port 5269 (no SRV in its hosts file).
-    let cfg = std::fs::read_to_string(&b.config).unwrap();
-    let cfg = cfg.replacen(
-        &format!("listen = [\"{}\"]", b.addr),
-        &format!("listen = [\"{xmta_ip}:5269\"]"),
-        1,
-    );
-    std::fs::write(&b.config, cfg).unwrap();
-    b.addr = format!("{xmta_ip}:5269").parse().unwrap();
+    // Prosody finds b.test by A record, on the default port.
+    let mut b = Xmta::on_default_port("b.test", xmta_ip);
     set_route(&mut b, "p.test", &format!("{prosody_ip}:5269"));
     let p = Prosody::start(prosody_ip, "p.test", &[(xmta_ip, "b.test")], "", "");
     p.register("alice", "secret");
@@ -114,21 +100,8 @@ fn dialback_over_starttls_with_prosody() {
     let prosody_ip = "127.0.0.42";
     let certs = tempfile::tempdir().unwrap();
     let (ca, pairs) = make_certs(certs.path(), &["b.test", "p.test"]);
-    let mut b = Xmta::new(Spec {
-        domain: "b.test",
-        ip: xmta_ip,
-        routes: vec![],
-        extra: "",
-        s2s_extra: "",
-    });
-    let cfg = std::fs::read_to_string(&b.config).unwrap();
-    let cfg = cfg.replacen(
-        &format!("listen = [\"{}\"]", b.addr),
-        &format!("listen = [\"{xmta_ip}:5269\"]"),
-        1,
-    );
-    std::fs::write(&b.config, cfg).unwrap();
-    b.addr = format!("{xmta_ip}:5269").parse().unwrap();
+    // Prosody finds b.test by A record, on the default port.
+    let mut b = Xmta::on_default_port("b.test", xmta_ip);
     set_route(&mut b, "p.test", &format!("{prosody_ip}:5269"));
     set_tls(
         &mut b,
@@ -209,21 +182,8 @@ fn dialback_over_starttls_with_prosody() {
 fn prosody_restart_mid_burst_loses_nothing() {
     let xmta_ip = "127.0.0.45";
     let prosody_ip = "127.0.0.44";
-    let mut b = Xmta::new(Spec {
-        domain: "b.test",
-        ip: xmta_ip,
-        routes: vec![],
-        extra: "",
-        s2s_extra: "",
-    });
-    let cfg = std::fs::read_to_string(&b.config).unwrap();
-    let cfg = cfg.replacen(
-        &format!("listen = [\"{}\"]", b.addr),
-        &format!("listen = [\"{xmta_ip}:5269\"]"),
-        1,
-    );
-    std::fs::write(&b.config, cfg).unwrap();
-    b.addr = format!("{xmta_ip}:5269").parse().unwrap();
+    // Prosody finds b.test by A record, on the default port.
+    let mut b = Xmta::on_default_port("b.test", xmta_ip);
     set_route(&mut b, "p.test", &format!("{prosody_ip}:5269"));
     let mut p = Prosody::start(prosody_ip, "p.test", &[(xmta_ip, "b.test")], "", "");
     p.register("alice", "secret");

@@ -599,3 +599,37 @@ pub fn set_tls(x: &mut Xmta, mode: &str, cert: Option<(&Path, &Path)>, ca: Optio
     cfg = cfg.replacen("tls = \"off\"\n", &lines, 1);
     std::fs::write(&x.config, cfg).expect("config");
 }
+
+impl Xmta {
+    /// A server for `domain` listening on port 5269 of `ip`: what a peer that finds it by
+    /// A record alone (Prosody with a hosts file) connects to.
+    pub fn on_default_port(domain: &str, ip: &str) -> Xmta {
+        let mut x = Xmta::new(Spec {
+            domain,
+            ip,
+            routes: vec![],
+            extra: "",
+            s2s_extra: "",
+        });
+        let cfg = std::fs::read_to_string(&x.config).expect("config");
+        let cfg = cfg.replacen(
+            &format!("listen = [\"{}\"]", x.addr),
+            &format!("listen = [\"{ip}:5269\"]"),
+            1,
+        );
+        std::fs::write(&x.config, cfg).expect("config");
+        x.addr = format!("{ip}:5269").parse().expect("addr");
+        x
+    }
+}
+
+/// About 2 MB: headers, then pseudo-random binary (every byte value), as a `binary` part.
+pub fn two_mb(from: &str, to: &str, subject: &str, seed: u32) -> Vec<u8> {
+    let mut m = format!("From: {from}\r\nTo: {to}\r\nSubject: {subject}\r\nDate: Tue, 01 Dec 2026 08:00:00 +0000\r\nMessage-ID: <{subject}@test>\r\nMIME-Version: 1.0\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: binary\r\n\r\n").into_bytes();
+    let mut x = seed;
+    for _ in 0..2_000_000 {
+        x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+        m.push((x >> 16) as u8);
+    }
+    m
+}
