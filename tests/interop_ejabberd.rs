@@ -209,3 +209,108 @@ fn dialback_over_starttls_with_ejabberd() {
         b.log_tail(40)
     );
 }
+
+/// ejabberd cannot resolve b.test: its private DNS starts with no records for it, so the
+/// verify connection ejabberd opens for xmta's `<db:result>` has nowhere to go, and
+/// ejabberd answers `<db:result type='error'>` with `<remote-server-not-found/>`. The
+/// mail stays queued with that reason; once the DNS has b.test's records, the next retry
+/// gets through and erin receives the mail: retried, never lost.
+#[test]
+fn ejabberd_cannot_resolve_xmta_then_can() {
+    let ej_ip = "127.0.0.70";
+    let dns_ip = "127.0.0.71";
+    let xmta_ip = "127.0.0.72";
+    let mut b = xmta(xmta_ip, ej_ip);
+    let port = b.addr.port();
+    let mut e = Ejabberd::start(EjabberdSpec {
+        ip: ej_ip,
+        dns_ip,
+        domain: "e.test",
+        a: &[],
+        srv: &[],
+        tls: None,
+        service: None,
+    });
+    e.register("erin", "secret");
+    b.start();
+    b.add_user("bob@b.test");
+    let mut erin = C2s::login(e.c2s_addr(), "erin", "e.test", "secret");
+
+    let m = message(
+        "bob@b.test",
+        "erin@e.test",
+        "dns-later",
+        "Hi Erin, eventually.",
+    );
+    b.send("bob@b.test", &["erin@e.test"], &m);
+
+    // The mail waits in the queue, its reason naming ejabberd's error.
+    let mut pending = String::new();
+    b.wait_for("a queue line naming remote-server-not-found", 30, || {
+        pending = b
+            .queue()
+            .into_iter()
+            .find(|l| l.contains("erin@e.test") && l.contains("remote-server-not-found"))
+            .unwrap_or_default();
+        !pending.is_empty()
+    });
+    assert!(
+        pending.contains("pending (")
+            && pending.contains(
+                "e.test did not accept our dialback key for b.test: peer reported an error: remote-server-not-found"
+            ),
+        "{pending}"
+    );
+    let blog = b.log();
+    let line = first_line(&blog, "dialback failed on outgoing stream");
+    assert!(
+        line.contains("remote-server-not-found") && line.contains("e.test"),
+        "{line}\n{}",
+        b.log_tail(40)
+    );
+    // ejabberd's side: it asked its DNS for b.test, found nothing, and said so on the wire.
+    let sent = e.wait_log("Send XML on stream = <<\"<db:result", 10);
+    assert!(
+        sent.contains("type='error'") && sent.contains("remote-server-not-found"),
+        "{sent}\n{}",
+        e.s2s_log_tail(60)
+    );
+    let dns = e.dns_log_text();
+    assert!(
+        dns.contains("query[SRV] _xmpp-server._tcp.b.test")
+            && dns.contains("config _xmpp-server._tcp.b.test is NXDOMAIN"),
+        "dnsmasq: {dns}"
+    );
+    assert!(
+        !e.log()
+            .contains("Accepted inbound s2s dialback authentication b.test"),
+        "{}",
+        e.s2s_log_tail(60)
+    );
+    assert!(!erin.raw.got.contains("dns-later"), "{}", erin.raw.got);
+
+    // The DNS learns b.test; xmta's next retry is verified and delivered.
+    e.restart_dns(&[("b.test", xmta_ip)], &[("b.test", "b.test", port)]);
+    assert!(
+        erin.wait(30, |s| s.contains("dns-later") && s.contains("</message>")),
+        "erin got: {}\n--- xmta ---\n{}",
+        erin.raw.got,
+        b.log_tail(40)
+    );
+    assert!(
+        erin.raw.got.contains("Hi Erin, eventually."),
+        "{}",
+        erin.raw.got
+    );
+    e.wait_log(
+        "Accepted inbound s2s dialback authentication b.test -> e.test",
+        10,
+    );
+    b.wait_for("b's queue to empty", 30, || b.queue().is_empty());
+    let blog = b.log();
+    assert!(
+        blog.contains("outgoing stream authenticated (dialback)"),
+        "{}",
+        b.log_tail(40)
+    );
+}

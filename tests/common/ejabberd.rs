@@ -56,7 +56,8 @@ pub struct EjabberdSpec<'a> {
     /// Address of its private dnsmasq (port 53: glibc's resolv.conf has no port).
     pub dns_ip: &'a str,
     pub domain: &'a str,
-    /// A records served by the private DNS: (name, ipv4).
+    /// A records served by the private DNS: (name, ipv4). Empty slices (here and in
+    /// `srv`) leave every peer unresolvable; [`Ejabberd::restart_dns`] can add records.
     pub a: &'a [(&'a str, &'a str)],
     /// `_xmpp-server._tcp` SRV records: (domain, target host, port).
     pub srv: &'a [(&'a str, &'a str, u16)],
@@ -72,6 +73,7 @@ pub struct Ejabberd {
     pub service_port: Option<u16>,
     pub node: String,
     pub dir: tempfile::TempDir,
+    dns_ip: String,
     child: Option<Child>,
     dns: Option<Child>,
 }
@@ -263,15 +265,28 @@ EJABBERD_BYPASS_WARNINGS=true
             service_port,
             node,
             dir,
+            dns_ip: spec.dns_ip.to_string(),
             child: None,
             dns: None,
         };
-        e.start_dns(&spec);
+        e.start_dns(spec.a, spec.srv);
         e.launch();
         e
     }
 
-    fn start_dns(&mut self, spec: &EjabberdSpec<'_>) {
+    /// Replaces the private DNS's records while ejabberd runs: stops the dnsmasq and
+    /// starts a new one on the same address and port (appending to the same query log)
+    /// serving `a` and `srv` (as in [`EjabberdSpec`]). The node keeps no memory of a
+    /// failed lookup: its next lookup of the name asks the new dnsmasq.
+    pub fn restart_dns(&mut self, a: &[(&str, &str)], srv: &[(&str, &str, u16)]) {
+        if let Some(mut d) = self.dns.take() {
+            let _ = d.kill();
+            let _ = d.wait();
+        }
+        self.start_dns(a, srv);
+    }
+
+    fn start_dns(&mut self, a: &[(&str, &str)], srv: &[(&str, &str, u16)]) {
         let mut args: Vec<String> = vec![
             "--keep-in-foreground".into(),
             "--no-daemon".into(),
@@ -285,13 +300,13 @@ EJABBERD_BYPASS_WARNINGS=true
             "--local=/test/".into(),
             "--log-queries".into(),
             format!("--log-facility={}", self.dns_log().display()),
-            format!("--listen-address={}", spec.dns_ip),
+            format!("--listen-address={}", self.dns_ip),
             "--port=53".into(),
         ];
-        for (name, ip) in spec.a {
+        for (name, ip) in a {
             args.push(format!("--host-record={name},{ip}"));
         }
-        for (domain, target, port) in spec.srv {
+        for (domain, target, port) in srv {
             args.push(format!(
                 "--srv-host=_xmpp-server._tcp.{domain},{target},{port},0,10"
             ));
@@ -305,7 +320,7 @@ EJABBERD_BYPASS_WARNINGS=true
             .expect("start dnsmasq");
         self.dns = Some(child);
         // It serves DNS over TCP on the same port.
-        let addr: SocketAddr = format!("{}:53", spec.dns_ip).parse().expect("addr");
+        let addr: SocketAddr = format!("{}:53", self.dns_ip).parse().expect("addr");
         let deadline = Instant::now() + Duration::from_secs(10);
         wait_port(addr, deadline, "dnsmasq", || self.dns_log_text());
         if let Some(c) = self.dns.as_mut()
