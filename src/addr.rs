@@ -19,11 +19,13 @@
 //!   domain into another; A-labels pass through it unchanged. Incoming JIDs
 //!   may use either form: [`from_jid`](MailAddress::from_jid) and
 //!   [`domain_of_jid`] normalize both to the A-label.
-//! * A [`MailAddress`] is always an address xmta can carry over XMPP:
-//!   [`parse`](MailAddress::parse) also rejects localparts that no JID can
-//!   represent (a leading or trailing space, which XEP-0106 forbids to
-//!   escape, or characters nodeprep prohibits, such as emoji or unassigned
-//!   code points). So [`to_jid`](MailAddress::to_jid) cannot fail.
+//! * Some valid mailboxes have no JID: a localpart with a leading or
+//!   trailing space (which XEP-0106 forbids to escape) or with characters
+//!   nodeprep prohibits (emoji, unassigned code points). They are still mail
+//!   addresses (XEP-MTA §6.1: receivers MUST accept them in the envelope);
+//!   [`to_jid`](MailAddress::to_jid) is `None` for them, and the stanza then
+//!   carries the domain JID. Their canonical localpart is the value with
+//!   Unicode lowercasing.
 //! * The canonical localpart is the nodeprep form (RFC 6122) of the
 //!   localpart: for ASCII that is exactly lowercasing; for other scripts it
 //!   also applies Unicode case folding and NFKC, which is what any XMPP
@@ -133,8 +135,11 @@ pub struct MailAddress {
     local: String,
     /// Lowercase A-label domain, no trailing dot.
     domain: String,
-    /// The localpart's value after nodeprep: the key part of `canonical()`.
+    /// The localpart's value after nodeprep (or lowercased, without a JID form): the key
+    /// part of `canonical()`.
     canonical_local: String,
+    /// Whether a JID can carry this mailbox.
+    has_jid: bool,
 }
 
 impl MailAddress {
@@ -193,12 +198,19 @@ impl MailAddress {
     /// XEP-0106, `@`, the A-label domain (see the module notes for why not
     /// U-labels). The result is already in the form the `jid` crate
     /// normalizes to.
-    pub fn to_jid(&self) -> String {
-        format!(
-            "{}@{}",
-            jid_escape_local(&self.canonical_local),
-            self.domain
-        )
+    pub fn to_jid(&self) -> Option<String> {
+        self.has_jid.then(|| {
+            format!(
+                "{}@{}",
+                jid_escape_local(&self.canonical_local),
+                self.domain
+            )
+        })
+    }
+
+    /// The JID for this mailbox, or the domain JID when it has none (XEP-MTA §6.1).
+    pub fn jid_or_domain(&self) -> String {
+        self.to_jid().unwrap_or_else(|| self.domain.clone())
     }
 
     /// The mailbox a JID names: the JID's localpart, nodeprepped and
@@ -241,7 +253,13 @@ impl MailAddress {
     /// spelling the localpart came in.
     fn from_parts(local: String, domain: String) -> Result<MailAddress, AddrError> {
         check_local_value(&local)?;
-        let canonical_local = jid_canonical_local(&local)?;
+        let (canonical_local, has_jid) = match jid_canonical_local(&local) {
+            Ok(c) => (c, true),
+            Err(AddrError::JidEdgeSpace { .. }) | Err(AddrError::NotJidLocal { .. }) => {
+                (local.to_lowercase(), false)
+            }
+            Err(e) => return Err(e),
+        };
         let len = quote_local(&local).len() + 1 + domain.len();
         if len > MAX_ADDRESS_LEN {
             return Err(AddrError::TooLong { len });
@@ -250,6 +268,7 @@ impl MailAddress {
             local,
             domain,
             canonical_local,
+            has_jid,
         })
     }
 }
@@ -620,7 +639,7 @@ mod tests {
             let addr = MailAddress::parse(&mail).unwrap();
             assert_eq!(addr.local(), input);
             assert_eq!(addr.to_string(), mail);
-            let jid = addr.to_jid();
+            let jid = addr.to_jid().unwrap();
             assert_eq!(jid, format!("{ours}@example.com"));
             // The jid crate accepts it and leaves it as it is.
             let parsed = jid::BareJid::new(&jid).unwrap();
@@ -632,7 +651,7 @@ mod tests {
             assert_eq!(back.canonical(), addr.canonical());
         }
         let addr = MailAddress::parse("\"space cadet\"@example.com").unwrap();
-        assert_eq!(addr.to_jid(), "space\\20cadet@example.com");
+        assert_eq!(addr.to_jid().unwrap(), "space\\20cadet@example.com");
     }
 
     #[test]
@@ -683,7 +702,7 @@ mod tests {
         assert_eq!(addr.domain(), "example.org");
         assert_eq!(addr.to_string(), "Bob.Smith+tag@example.org");
         assert_eq!(addr.canonical(), "bob.smith+tag@example.org");
-        assert_eq!(addr.to_jid(), "bob.smith+tag@example.org");
+        assert_eq!(addr.to_jid().unwrap(), "bob.smith+tag@example.org");
         let bracketed = MailAddress::parse("<Bob.Smith+tag@example.org>").unwrap();
         assert_eq!(bracketed, addr);
         assert_eq!(
@@ -699,7 +718,10 @@ mod tests {
         let addr = MailAddress::parse(r#""john \"j\" doe"@example.org"#).unwrap();
         assert_eq!(addr.local(), r#"john "j" doe"#);
         assert_eq!(addr.to_string(), r#""john \"j\" doe"@example.org"#);
-        assert_eq!(addr.to_jid(), "john\\20\\22j\\22\\20doe@example.org");
+        assert_eq!(
+            addr.to_jid().unwrap(),
+            "john\\20\\22j\\22\\20doe@example.org"
+        );
         // Needless quotes vanish; the address is the same.
         let plain = MailAddress::parse("\"bob\"@example.org").unwrap();
         assert_eq!(plain, MailAddress::parse("bob@example.org").unwrap());
@@ -707,7 +729,7 @@ mod tests {
         // A quoted @ is not a separator.
         let at = MailAddress::parse("\"user@host\"@example.com").unwrap();
         assert_eq!(at.local(), "user@host");
-        assert_eq!(at.to_jid(), "user\\40host@example.com");
+        assert_eq!(at.to_jid().unwrap(), "user\\40host@example.com");
         // Canonical keys parse back.
         let key = addr.canonical();
         assert_eq!(key, r#""john \"j\" doe"@example.org"#);
@@ -718,7 +740,7 @@ mod tests {
     fn idna_domains() {
         let addr = MailAddress::parse("bob@Bücher.example").unwrap();
         assert_eq!(addr.domain(), "xn--bcher-kva.example");
-        assert_eq!(addr.to_jid(), "bob@xn--bcher-kva.example");
+        assert_eq!(addr.to_jid().unwrap(), "bob@xn--bcher-kva.example");
         let same = MailAddress::parse("bob@XN--BCHER-KVA.example").unwrap();
         assert_eq!(same, addr);
         // IDNA2008 keeps ß (UTS #46 non-transitional), unlike IDNA2003.
@@ -730,7 +752,8 @@ mod tests {
         );
         assert_eq!(normalize_domain("Example.COM.").unwrap(), "example.com");
         // The JID keeps the A-label and the jid crate leaves it alone.
-        let jid = jid::BareJid::new(&MailAddress::parse("a@straße.de").unwrap().to_jid()).unwrap();
+        let jid = jid::BareJid::new(&MailAddress::parse("a@straße.de").unwrap().to_jid().unwrap())
+            .unwrap();
         assert_eq!(jid.domain().as_str(), "xn--strae-oqa.de");
     }
 
@@ -739,24 +762,26 @@ mod tests {
         let addr = MailAddress::parse("Jöran@bücher.example").unwrap();
         assert_eq!(addr.local(), "Jöran");
         assert_eq!(addr.canonical(), "jöran@xn--bcher-kva.example");
-        assert_eq!(addr.to_jid(), "jöran@xn--bcher-kva.example");
+        assert_eq!(addr.to_jid().unwrap(), "jöran@xn--bcher-kva.example");
         let back = MailAddress::from_jid("Jöran@Bücher.example/phone").unwrap();
         assert_eq!(back.canonical(), addr.canonical());
         // Nodeprep's case folding, which the key follows so that it matches
         // what any XMPP server makes of the JID.
         let sharp = MailAddress::parse("Straße@x.example").unwrap();
         assert_eq!(sharp.canonical(), "strasse@x.example");
-        let jid = jid::BareJid::new(&sharp.to_jid()).unwrap();
-        assert_eq!(jid.to_string(), sharp.to_jid());
-        // Characters no JID can carry.
-        assert!(matches!(
-            MailAddress::parse("\u{1F600}@x.example"),
-            Err(AddrError::NotJidLocal { .. })
-        ));
-        assert!(matches!(
-            MailAddress::parse("\"a\u{00A0}b\"@x.example"),
-            Err(AddrError::NotJidLocal { .. })
-        ));
+        let jid = jid::BareJid::new(&sharp.to_jid().unwrap()).unwrap();
+        assert_eq!(jid.to_string(), sharp.to_jid().unwrap());
+        // Characters no JID can carry: still mail addresses, without a JID form.
+        let emoji = MailAddress::parse("\u{1F600}@x.example").unwrap();
+        assert_eq!(emoji.to_jid(), None);
+        assert_eq!(emoji.jid_or_domain(), "x.example");
+        assert_eq!(emoji.canonical(), "\u{1F600}@x.example");
+        let nbsp = MailAddress::parse("\"A\u{00A0}b\"@x.example").unwrap();
+        assert_eq!(nbsp.to_jid(), None);
+        assert_eq!(
+            MailAddress::parse(&nbsp.canonical()).unwrap().canonical(),
+            nbsp.canonical()
+        );
     }
 
     #[test]
@@ -818,13 +843,15 @@ mod tests {
     #[test]
     fn leading_or_trailing_space_cannot_be_a_jid() {
         for s in ["\" bob\"@x.example", "\"bob \"@x.example"] {
-            assert!(
-                matches!(MailAddress::parse(s), Err(AddrError::JidEdgeSpace { .. })),
-                "{s}"
-            );
+            let a = MailAddress::parse(s).unwrap();
+            assert_eq!(a.to_jid(), None, "{s}");
+            assert_eq!(a.jid_or_domain(), "x.example");
         }
         assert_eq!(
-            MailAddress::parse("\"b o b\"@x.example").unwrap().to_jid(),
+            MailAddress::parse("\"b o b\"@x.example")
+                .unwrap()
+                .to_jid()
+                .unwrap(),
             "b\\20o\\20b@x.example"
         );
     }

@@ -382,3 +382,22 @@ fn refused_dialback_defers_and_recovers() {
     b.wait_for("the mail", 60, || b.mailbox("bob@b.test").len() == 1);
     a.wait_for("a's queue to empty", 30, || a.queue().is_empty());
 }
+
+/// XEP-MTA §6.1: a mailbox whose localpart has no JID form (here a leading space, which
+/// XEP-0106 cannot escape) still travels: the stanza is addressed to the domain JID and
+/// the envelope names the mailbox.
+#[test]
+fn mailbox_without_jid_form_is_carried() {
+    let (mut a, mut b) = pair("127.0.0.74", "127.0.0.75", "", "");
+    a.start();
+    b.start();
+    a.add_user("alice@a.test");
+    b.add_user("\" bob\"@b.test");
+    a.send(
+        "alice@a.test",
+        &["\" bob\"@b.test"],
+        &message("alice@a.test", "bob@b.test", "no-jid", "x"),
+    );
+    b.wait_for("the mail", 30, || b.mailbox("\" bob\"@b.test").len() == 1);
+    a.wait_for("a's queue to empty", 30, || a.queue().is_empty());
+}

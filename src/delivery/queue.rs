@@ -495,7 +495,7 @@ impl Delivery {
             origin.to_string()
         } else {
             MailAddress::parse(&item.sender)
-                .map(|a| a.to_jid())
+                .map(|a| a.jid_or_domain())
                 .unwrap_or_else(|_| origin.to_string())
         };
         match self.speaks_mta(origin, domain, &conn).await {
@@ -513,7 +513,7 @@ impl Delivery {
         };
         let stanza_to = if rcpts.len() == 1 {
             MailAddress::parse(&rcpts[0])
-                .map(|a| a.to_jid())
+                .map(|a| a.jid_or_domain())
                 .unwrap_or_else(|_| domain.to_string())
         } else {
             domain.to_string()
@@ -663,14 +663,15 @@ impl Delivery {
         let mut sent = Vec::new();
         let mut failure = None;
         for (i, rc) in rcpts.iter().enumerate() {
-            let to = match MailAddress::parse(rc) {
-                Ok(a) => a.to_jid(),
-                Err(_) => {
+            // A plain XMPP domain has only JIDs: a mailbox without a JID form cannot exist there.
+            let to = match MailAddress::parse(rc).ok().and_then(|a| a.to_jid()) {
+                Some(jid) => jid,
+                None => {
                     out.insert(
                         rc.clone(),
                         Attempt::Failed {
                             status: "5.1.3".into(),
-                            diagnostic: "x-xmta; bad address".into(),
+                            diagnostic: "x-xmta; this address has no XMPP (JID) form".into(),
                         },
                     );
                     continue;
