@@ -40,6 +40,9 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     #[serde(default)]
     pub log: LogConfig,
+    /// SMTP (MX role) and LMTP listeners.
+    #[serde(default)]
+    pub smtp: SmtpConfig,
     /// Run as an XEP-0114 component of an existing XMPP server instead of (or besides)
     /// listening for s2s: that server then carries all of xmta's stanzas.
     #[serde(default)]
@@ -154,6 +157,33 @@ pub struct ComponentConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct SmtpConfig {
+    /// SMTP listeners in the MX role (inbound mail from other MTAs); none by default.
+    #[serde(default)]
+    pub listen: Vec<SocketAddr>,
+    /// An LMTP listener (RFC 2033) for a local MTA such as Postfix. LMTP is trusted: every
+    /// recipient is accepted for relaying, so bind it to loopback only.
+    #[serde(default)]
+    pub lmtp: Option<SocketAddr>,
+    /// Networks (CIDR) whose SMTP clients may relay to non-local domains.
+    #[serde(default = "default_trusted_networks")]
+    pub trusted_networks: Vec<String>,
+    /// Parsed `trusted_networks`; not a key.
+    #[serde(skip)]
+    pub trusted: Vec<(std::net::IpAddr, u8)>,
+    /// Most SMTP/LMTP connections open at once (all listeners together).
+    #[serde(default = "default_smtp_max_connections")]
+    pub max_connections: usize,
+    /// A client that sends nothing for this long gets `421 4.4.2` and is disconnected.
+    #[serde(default = "default_smtp_idle")]
+    pub idle_timeout_secs: u64,
+    /// The name in the greeting and in Received headers; the first mail domain by default.
+    #[serde(default)]
+    pub hostname: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LogConfig {
     /// A tracing filter, e.g. "info" or "xmta=debug".
     #[serde(default = "default_log_level")]
@@ -208,6 +238,15 @@ fn default_dedupe_days() -> u64 {
 fn default_max_recipients() -> usize {
     100
 }
+fn default_trusted_networks() -> Vec<String> {
+    vec!["127.0.0.0/8".into(), "::1/128".into()]
+}
+fn default_smtp_max_connections() -> usize {
+    100
+}
+fn default_smtp_idle() -> u64 {
+    300
+}
 fn default_log_level() -> String {
     "info".into()
 }
@@ -242,6 +281,55 @@ impl Default for DeliveryConfig {
             dedupe_days: default_dedupe_days(),
             max_recipients: default_max_recipients(),
         }
+    }
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        SmtpConfig {
+            listen: Vec::new(),
+            lmtp: None,
+            trusted_networks: default_trusted_networks(),
+            trusted: Vec::new(),
+            max_connections: default_smtp_max_connections(),
+            idle_timeout_secs: default_smtp_idle(),
+            hostname: None,
+        }
+    }
+}
+
+/// Parses "192.0.2.0/24", "::1/128" or a bare address (a /32 or /128).
+pub fn parse_cidr(s: &str) -> Option<(std::net::IpAddr, u8)> {
+    let (ip, len) = match s.split_once('/') {
+        Some((ip, len)) => (ip, Some(len)),
+        None => (s, None),
+    };
+    let ip: std::net::IpAddr = ip.trim().parse().ok()?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let len = match len {
+        Some(l) => l.trim().parse::<u8>().ok()?,
+        None => max,
+    };
+    (len <= max).then_some((ip, len))
+}
+
+/// Whether `ip` is inside the network `(net, len)`.
+pub fn cidr_contains(net: (std::net::IpAddr, u8), ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    };
+    match (net.0, ip) {
+        (IpAddr::V4(n), IpAddr::V4(a)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(net.1)).unwrap_or(0);
+            u32::from(n) & mask == u32::from(a) & mask
+        }
+        (IpAddr::V6(n), IpAddr::V6(a)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(net.1)).unwrap_or(0);
+            u128::from(n) & mask == u128::from(a) & mask
+        }
+        _ => false,
     }
 }
 
@@ -418,6 +506,41 @@ impl Config {
             }
             c.jid = jid;
         }
+        let mut trusted = Vec::new();
+        for n in &self.smtp.trusted_networks {
+            match parse_cidr(n) {
+                Some(c) => trusted.push(c),
+                None => {
+                    return Err(self.invalid(
+                        "smtp.trusted_networks",
+                        format!("`{n}` is not an address or CIDR network (e.g. 127.0.0.0/8)"),
+                    ));
+                }
+            }
+        }
+        self.smtp.trusted = trusted;
+        if self.smtp.max_connections == 0 {
+            return Err(self.invalid("smtp.max_connections", "must be at least 1"));
+        }
+        if self.smtp.idle_timeout_secs == 0 {
+            return Err(self.invalid("smtp.idle_timeout_secs", "must be at least 1"));
+        }
+        match &self.smtp.hostname {
+            Some(h) => {
+                let n = crate::addr::normalize_domain(h)
+                    .map_err(|e| self.invalid("smtp.hostname", format!("`{h}`: {e}")))?;
+                self.smtp.hostname = Some(n);
+            }
+            None => self.smtp.hostname = self.server.domains.first().cloned(),
+        }
+        if let Some(l) = self.smtp.lmtp
+            && self.smtp.listen.contains(&l)
+        {
+            return Err(self.invalid(
+                "smtp.lmtp",
+                format!("{l} is also in smtp.listen; one address serves one protocol"),
+            ));
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(self.invalid(
                 "log.level",
@@ -425,6 +548,15 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The name in SMTP greetings and Received headers.
+    pub fn smtp_hostname(&self) -> &str {
+        self.smtp
+            .hostname
+            .as_deref()
+            .or(self.server.domains.first().map(String::as_str))
+            .unwrap_or("localhost")
     }
 
     pub fn is_local_domain(&self, domain: &str) -> bool {
@@ -495,5 +627,29 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("tls"), "{e}");
+        let e = Config::parse(
+            "[server]\ndomains=['a.test']\n[smtp]\ntrusted_networks=['10.0.0.0/33']\n",
+            "x.toml",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("smtp.trusted_networks"), "{e}");
+    }
+
+    #[test]
+    fn cidr() {
+        let n = parse_cidr("127.0.0.80/32").unwrap();
+        assert!(cidr_contains(n, "127.0.0.80".parse().unwrap()));
+        assert!(!cidr_contains(n, "127.0.0.81".parse().unwrap()));
+        let n = parse_cidr("10.0.0.0/8").unwrap();
+        assert!(cidr_contains(n, "10.2.3.4".parse().unwrap()));
+        assert!(cidr_contains(
+            parse_cidr("0.0.0.0/0").unwrap(),
+            "1.2.3.4".parse().unwrap()
+        ));
+        assert!(cidr_contains(
+            parse_cidr("::1").unwrap(),
+            "::1".parse().unwrap()
+        ));
+        assert!(parse_cidr("nope").is_none());
     }
 }

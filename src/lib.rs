@@ -8,6 +8,7 @@
 //! - `mta`: the mail-over-XMPP protocol of `xep-drafts/` (payload, receiving side).
 //! - `delivery`: submission, the outbound queue, retries, bounces.
 //! - `store`: the durable redb store (mailboxes, queue, users, duplicate memory).
+//! - `smtp`: SMTP (MX role) and LMTP listeners.
 //! - `server`, `admin`, `cli`: running it and talking to it.
 
 pub mod addr;
@@ -18,6 +19,7 @@ pub mod delivery;
 pub mod mta;
 pub mod s2s;
 pub mod server;
+pub mod smtp;
 pub mod store;
 pub mod xml;
 

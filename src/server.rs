@@ -83,11 +83,33 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
             .map_err(|e| ServeError::Listen(addr.to_string(), e.to_string()))?;
         listeners.push(l);
     }
+    let mut smtp_listeners = Vec::new();
+    for addr in &cfg.smtp.listen {
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|e| ServeError::Listen(addr.to_string(), e.to_string()))?;
+        smtp_listeners.push((l, crate::smtp::Mode::Smtp));
+    }
+    if let Some(addr) = &cfg.smtp.lmtp {
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|e| ServeError::Listen(addr.to_string(), e.to_string()))?;
+        smtp_listeners.push((l, crate::smtp::Mode::Lmtp));
+    }
     let admin = crate::admin::bind(&cfg.admin_socket())
         .map_err(|e| ServeError::Admin(cfg.admin_socket().display().to_string(), e.to_string()))?;
 
     for l in listeners {
         tokio::spawn(s2s.clone().serve(l));
+    }
+    let smtp_slots = Arc::new(tokio::sync::Semaphore::new(cfg.smtp.max_connections));
+    for (l, mode) in smtp_listeners {
+        tokio::spawn(crate::smtp::serve(
+            core.clone(),
+            l,
+            mode,
+            smtp_slots.clone(),
+        ));
     }
     tokio::spawn(crate::mta::receive::run(core.clone(), rx));
     if let Some(cc) = cfg.component.clone() {
@@ -98,6 +120,8 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     info!(
         domains = ?cfg.server.domains,
         s2s = ?cfg.s2s.listen,
+        smtp = ?cfg.smtp.listen,
+        lmtp = ?cfg.smtp.lmtp,
         admin = %cfg.admin_socket().display(),
         "xmta ready"
     );

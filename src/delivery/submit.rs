@@ -140,6 +140,163 @@ pub async fn submit(
     })
 }
 
+/// A message received over SMTP or LMTP whose recipients the session already checked
+/// (see [`route_rcpt`]).
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    /// Reverse-path; "" is the null sender.
+    pub sender: String,
+    /// Canonical addresses of local users.
+    pub local: Vec<String>,
+    /// Recipients in other domains, to be queued for XMPP delivery.
+    pub remote: Vec<String>,
+    /// The message as received (without the Received header).
+    pub message: Vec<u8>,
+    /// The trace header to prepend, ending in CRLF.
+    pub received_header: String,
+}
+
+/// Where a recipient goes, decided at RCPT time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// A local user (canonical address).
+    Local(String),
+    /// Another domain: queued for XMPP delivery.
+    Remote(String),
+}
+
+/// Why a recipient is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RcptRefusal {
+    #[error("bad recipient address: {0}")]
+    Bad(String),
+    #[error("no such user here")]
+    UnknownLocal,
+    #[error("relaying denied")]
+    RelayDenied,
+    #[error("foreign senders cannot be relayed over XMPP yet")]
+    ForeignSender,
+    #[error("temporary store error: {0}")]
+    Store(String),
+}
+
+/// Decides a recipient's route. `relay` says whether the client may send to other domains.
+/// Mail to other domains goes out over XMPP from a local domain, and the receiver checks
+/// that the envelope sender's domain is the authenticated sending domain; so only mail with
+/// a local or null sender can be queued (sender rewriting is for a later increment).
+pub fn route_rcpt(
+    cfg: &Config,
+    store: &Store,
+    sender: &str,
+    rcpt: &str,
+    relay: bool,
+) -> Result<Route, RcptRefusal> {
+    let a = MailAddress::parse(rcpt).map_err(|e| RcptRefusal::Bad(e.to_string()))?;
+    if cfg.is_local_domain(a.domain()) {
+        let c = a.canonical();
+        return match store.user(&c) {
+            Ok(Some(_)) => Ok(Route::Local(c)),
+            Ok(None) => Err(RcptRefusal::UnknownLocal),
+            Err(e) => Err(RcptRefusal::Store(e.to_string())),
+        };
+    }
+    if !relay {
+        return Err(RcptRefusal::RelayDenied);
+    }
+    if !sender.is_empty() {
+        match MailAddress::parse(sender) {
+            Ok(f) if cfg.is_local_domain(f.domain()) => {}
+            _ => return Err(RcptRefusal::ForeignSender),
+        }
+    }
+    Ok(Route::Remote(a.to_string()))
+}
+
+/// The outcome of [`accept`]: the queue id when something was queued (already scheduled
+/// when a delivery handle was given), and the local recipients that could not be stored.
+#[derive(Debug, Clone, Default)]
+pub struct InboundResult {
+    pub queue_id: Option<String>,
+    pub failed_local: Vec<String>,
+}
+
+/// Stores local copies and queues the rest of an inbound message in ONE `store.apply`; the
+/// caller answers 250 only when this returns `Ok`.
+pub async fn accept(
+    cfg: &Config,
+    store: &Store,
+    delivery: Option<&std::sync::Arc<crate::delivery::Delivery>>,
+    inbound: Inbound,
+) -> Result<InboundResult, SubmitError> {
+    if inbound.local.is_empty() && inbound.remote.is_empty() {
+        return Err(SubmitError::NoRecipients);
+    }
+    let total = inbound.received_header.len() + inbound.message.len();
+    if total > cfg.delivery.max_message_bytes {
+        return Err(SubmitError::TooLarge(total, cfg.delivery.max_message_bytes));
+    }
+    let now = crate::now();
+    let mut message = Vec::with_capacity(total);
+    message.extend_from_slice(inbound.received_header.as_bytes());
+    message.extend_from_slice(&inbound.message);
+    let message = bytes::Bytes::from(message);
+    let mut ops = Vec::new();
+    if !inbound.local.is_empty() {
+        ops.push(Op::Deliver(LocalDelivery {
+            dedupe: None,
+            recipients: inbound.local.clone(),
+            folder: crate::store::INBOX.into(),
+            message: message.clone(),
+            internal_date: now,
+            flags: Vec::new(),
+        }));
+    }
+    let queue_id = if inbound.remote.is_empty() {
+        None
+    } else {
+        let origin = MailAddress::parse(&inbound.sender)
+            .ok()
+            .map(|a| a.domain().to_string())
+            .filter(|d| cfg.is_local_domain(d))
+            .or_else(|| cfg.server.domains.first().cloned())
+            .ok_or_else(|| SubmitError::Store("no local domain configured".into()))?;
+        let id = crate::new_mail_id();
+        ops.push(Op::Enqueue(NewQueueItem {
+            id: id.clone(),
+            origin,
+            sender: inbound.sender.clone(),
+            recipients: inbound.remote.clone(),
+            created: now,
+            next_attempt: now,
+            expires: now + cfg.delivery.expire_secs as i64,
+            message,
+        }));
+        Some(id)
+    };
+    let results = store
+        .apply(ops)
+        .await
+        .map_err(|e| SubmitError::Store(e.to_string()))?;
+    let mut failed_local = Vec::new();
+    for r in results {
+        if let OpResult::Delivered(outcomes) = r {
+            for (addr, o) in outcomes {
+                if !matches!(o, RcptOutcome::Stored { .. } | RcptOutcome::Duplicate) {
+                    tracing::warn!(%addr, ?o, "local recipient not stored");
+                    failed_local.push(addr);
+                }
+            }
+        }
+    }
+    if let (Some(id), Some(d)) = (&queue_id, delivery) {
+        d.schedule(id, now);
+    }
+    Ok(InboundResult {
+        queue_id,
+        failed_local,
+    })
+}
+
 /// Adds Date and Message-ID when the submitter left them out (RFC 6409 §8), as sendmail does.
 fn complete_headers(message: Vec<u8>, domain: &str, now: i64) -> Result<Vec<u8>, SubmitError> {
     let end = find_header_end(&message).ok_or(SubmitError::NotAMessage)?;
