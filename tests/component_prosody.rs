@@ -7,11 +7,10 @@ mod common;
 use common::prosody::Prosody;
 use common::*;
 
-#[test]
-fn component_behind_prosody_carries_big_mail_both_ways() {
-    let prosody_ip = "127.0.0.62";
-    let a_ip = "127.0.0.63";
-    let comp_ip = "127.0.0.64";
+/// Prosody serving p.test with the component mail.p.test on `prosody_ip`, the standalone
+/// xmta a.test (alice) on `a_ip`, and the component xmta (carol) on `comp_ip`, all
+/// started, the component connected.
+fn setup(prosody_ip: &str, a_ip: &str, comp_ip: &str) -> (Prosody, Xmta, Xmta) {
     let p = Prosody::start(
         prosody_ip,
         "p.test",
@@ -19,11 +18,9 @@ fn component_behind_prosody_carries_big_mail_both_ways() {
         "",
         "Component \"mail.p.test\"\n    component_secret = \"c0mp0nent\"\n",
     );
-    // The standalone xmta: Prosody finds a.test on port 5269 of its address.
     // Prosody finds a.test by A record, on the default port.
     let mut a = Xmta::on_default_port("a.test", a_ip);
     set_route(&mut a, "mail.p.test", &format!("{prosody_ip}:5269"));
-    // The component.
     let mut c = Xmta::new(Spec {
         domain: "mail.p.test",
         ip: comp_ip,
@@ -40,6 +37,12 @@ fn component_behind_prosody_carries_big_mail_both_ways() {
     c.wait_for("the component handshake", 20, || {
         c.log().contains("component connected")
     });
+    (p, a, c)
+}
+
+#[test]
+fn component_behind_prosody_carries_big_mail_both_ways() {
+    let (p, a, c) = setup("127.0.0.62", "127.0.0.63", "127.0.0.64");
 
     let m1 = two_mb("alice@a.test", "carol@mail.p.test", "to-component", 7);
     a.send("alice@a.test", &["carol@mail.p.test"], &m1);
@@ -90,35 +93,7 @@ fn component_behind_prosody_carries_big_mail_both_ways() {
 /// duplicate memory (XEP-MTA §11.4) make every message arrive exactly once.
 #[test]
 fn prosody_restart_mid_burst_delivers_each_mail_once() {
-    let prosody_ip = "127.0.0.65";
-    let a_ip = "127.0.0.66";
-    let comp_ip = "127.0.0.67";
-    let mut p = Prosody::start(
-        prosody_ip,
-        "p.test",
-        &[(a_ip, "a.test")],
-        "",
-        "Component \"mail.p.test\"\n    component_secret = \"c0mp0nent\"\n",
-    );
-    // Prosody finds a.test by A record, on the default port.
-    let mut a = Xmta::on_default_port("a.test", a_ip);
-    set_route(&mut a, "mail.p.test", &format!("{prosody_ip}:5269"));
-    let mut c = Xmta::new(Spec {
-        domain: "mail.p.test",
-        ip: comp_ip,
-        routes: vec![],
-        extra: &format!(
-            "[component]\nserver = \"{prosody_ip}:5347\"\njid = \"mail.p.test\"\nsecret = \"c0mp0nent\"\n"
-        ),
-        s2s_extra: "",
-    });
-    a.start();
-    c.start();
-    a.add_user("alice@a.test");
-    c.add_user("carol@mail.p.test");
-    c.wait_for("the component handshake", 20, || {
-        c.log().contains("component connected")
-    });
+    let (mut p, a, c) = setup("127.0.0.65", "127.0.0.66", "127.0.0.67");
     let total = 200;
     std::thread::scope(|s| {
         let sender = s.spawn(|| {

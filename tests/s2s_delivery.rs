@@ -146,13 +146,7 @@ fn connection_limit_is_enforced() {
 /// (Status 5.4.7) into the sender's mailbox with the last error.
 #[test]
 fn expired_mail_bounces() {
-    let mut a = Xmta::new(Spec {
-        domain: "a.test",
-        ip: "127.0.0.28",
-        routes: vec![],
-        extra: "",
-        s2s_extra: "",
-    });
+    let mut a = Xmta::plain("a.test", "127.0.0.28");
     // b.test routes to a port where nothing listens.
     let dead = free_port("127.0.0.29");
     set_route(&mut a, "b.test", &format!("127.0.0.29:{dead}"));
@@ -186,20 +180,8 @@ fn expired_mail_bounces() {
 fn srv_records_are_followed_in_priority_order() {
     let dns_ip = "127.0.0.30";
     let dns_port = free_port(dns_ip);
-    let mut a = Xmta::new(Spec {
-        domain: "a.test",
-        ip: "127.0.0.31",
-        routes: vec![],
-        extra: "",
-        s2s_extra: "",
-    });
-    let mut b = Xmta::new(Spec {
-        domain: "b.test",
-        ip: "127.0.0.32",
-        routes: vec![],
-        extra: "",
-        s2s_extra: "",
-    });
+    let mut a = Xmta::plain("a.test", "127.0.0.31");
+    let mut b = Xmta::plain("b.test", "127.0.0.32");
     set_route(&mut b, "a.test", &a.addr.to_string());
     edit_config(
         &a,
@@ -288,20 +270,8 @@ impl Drop for Dnsmasq {
 fn dns_failure_defers_and_recovers() {
     let dns_ip = "127.0.0.46";
     let dns_port = free_port(dns_ip);
-    let mut a = Xmta::new(Spec {
-        domain: "a.test",
-        ip: "127.0.0.47",
-        routes: vec![],
-        extra: "",
-        s2s_extra: "",
-    });
-    let mut b = Xmta::new(Spec {
-        domain: "b.test",
-        ip: "127.0.0.48",
-        routes: vec![],
-        extra: "",
-        s2s_extra: "",
-    });
+    let mut a = Xmta::plain("a.test", "127.0.0.47");
+    let mut b = Xmta::plain("b.test", "127.0.0.48");
     set_route(&mut b, "a.test", &a.addr.to_string());
     edit_config(
         &a,

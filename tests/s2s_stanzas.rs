@@ -8,13 +8,7 @@ use common::*;
 #[test]
 fn disco_and_non_mail_stanzas_get_answers() {
     let evil = FakePeer::start("127.0.0.36", "other.test");
-    let mut b = Xmta::new(Spec {
-        domain: "b.test",
-        ip: "127.0.0.37",
-        routes: vec![],
-        extra: "",
-        s2s_extra: "",
-    });
+    let mut b = Xmta::plain("b.test", "127.0.0.37");
     set_route(&mut b, "other.test", &evil.addr.to_string());
     b.start();
     b.add_user("bob@b.test");

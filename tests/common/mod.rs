@@ -601,16 +601,21 @@ pub fn set_tls(x: &mut Xmta, mode: &str, cert: Option<(&Path, &Path)>, ca: Optio
 }
 
 impl Xmta {
-    /// A server for `domain` listening on port 5269 of `ip`: what a peer that finds it by
-    /// A record alone (Prosody with a hosts file) connects to.
-    pub fn on_default_port(domain: &str, ip: &str) -> Xmta {
-        let mut x = Xmta::new(Spec {
+    /// A server for `domain` on a free port of `ip`, no routes, no extra config.
+    pub fn plain(domain: &str, ip: &str) -> Xmta {
+        Xmta::new(Spec {
             domain,
             ip,
             routes: vec![],
             extra: "",
             s2s_extra: "",
-        });
+        })
+    }
+
+    /// A server for `domain` listening on port 5269 of `ip`: what a peer that finds it by
+    /// A record alone (Prosody with a hosts file) connects to.
+    pub fn on_default_port(domain: &str, ip: &str) -> Xmta {
+        let mut x = Xmta::plain(domain, ip);
         let cfg = std::fs::read_to_string(&x.config).expect("config");
         let cfg = cfg.replacen(
             &format!("listen = [\"{}\"]", x.addr),
