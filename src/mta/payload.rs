@@ -148,6 +148,9 @@ impl MailChunk {
         let data = B64
             .decode(text.as_bytes())
             .map_err(|e| perr(format!("<data/> is not base64: {e}")))?;
+        if data.len() as u64 > size {
+            return Err(perr("<data/> holds more than the declared 'size'"));
+        }
         Ok(MailChunk {
             id,
             size,
