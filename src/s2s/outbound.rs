@@ -71,6 +71,7 @@ impl S2s {
                                 Ok(Err(e)) => last = format!("{addr} (direct TLS): {e}"),
                                 Err(_) => last = format!("{addr} (direct TLS): timed out"),
                             }
+                            info!(remote, %addr, reason = %last, "direct TLS target failed; trying the next");
                             continue;
                         }
                         let io: BoxIo = Box::new(tcp);
