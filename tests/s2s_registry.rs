@@ -6,24 +6,10 @@
 
 mod common;
 
-use common::registry::{Dnsmasq, Rec, registry_section};
+use common::registry::{Dnsmasq, Rec, mail_stanza, registry_section};
 use common::*;
 
 const HDR: &str = "urn:ietf:params:xml:ns:xmpp-streams";
-
-fn mail_stanza(from: &str, to: &str, id: &str) -> String {
-    use base64::Engine;
-    let msg = format!(
-        "From: {from}\r\nTo: {to}\r\nSubject: raw-{id}\r\nMessage-ID: <{id}@test>\r\n\r\nhi\r\n"
-    );
-    let b64 = base64::engine::general_purpose::STANDARD.encode(msg.as_bytes());
-    let digest = xmta::mta::payload::sha256_hex(msg.as_bytes());
-    let from_domain = from.split('@').nth(1).unwrap();
-    format!(
-        "<message from='{from_domain}' to='b.test' id='s-{id}' type='normal'><mail xmlns='urn:xmpp:mta:0' id='{id}' size='{}' sha256='{digest}'><envelope><mail-from>{from}</mail-from><rcpt-to>{to}</rcpt-to></envelope><data>{b64}</data></mail></message>",
-        msg.len()
-    )
-}
 
 /// `require`: a registered peer delivers (tagged pass), an unregistered one is refused
 /// with policy-violation and keeps its mail queued, a suspended one is refused with the

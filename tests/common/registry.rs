@@ -215,3 +215,187 @@ fn bounded(p: &mut rcgen::CertificateParams, expired: bool) {
         p.not_after = rcgen::date_time_ymd(year + 5, 1, 1);
     }
 }
+
+/// A TCP relay between a sender and `target` that records both directions: what an
+/// on-path observer of a plaintext s2s stream sees (for key replay tests).
+pub struct Relay {
+    pub addr: SocketAddr,
+    /// Client-to-server and server-to-client bytes of all connections, in order.
+    pub up: std::sync::Arc<std::sync::Mutex<String>>,
+    pub down: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Relay {
+    pub fn start(ip: &str, target: SocketAddr) -> Relay {
+        use std::sync::{Arc, Mutex};
+        let listener = std::net::TcpListener::bind((ip, 0)).expect("bind relay");
+        let addr = listener.local_addr().expect("addr");
+        let up = Arc::new(Mutex::new(String::new()));
+        let down = Arc::new(Mutex::new(String::new()));
+        let (u, d) = (up.clone(), down.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(client) = conn else { return };
+                let Ok(server) = TcpStream::connect(target) else {
+                    continue;
+                };
+                for (from, to, log) in [
+                    (client.try_clone(), server.try_clone(), u.clone()),
+                    (server.try_clone(), client.try_clone(), d.clone()),
+                ] {
+                    let (Ok(mut from), Ok(mut to)) = (from, to) else {
+                        continue;
+                    };
+                    std::thread::spawn(move || {
+                        use std::io::{Read, Write};
+                        let mut buf = [0u8; 65536];
+                        loop {
+                            let n = match from.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            log.lock()
+                                .unwrap()
+                                .push_str(&String::from_utf8_lossy(&buf[..n]));
+                            if to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Write);
+                    });
+                }
+            }
+        });
+        Relay { addr, up, down }
+    }
+
+    pub fn up(&self) -> String {
+        self.up.lock().unwrap().clone()
+    }
+    pub fn down(&self) -> String {
+        self.down.lock().unwrap().clone()
+    }
+}
+
+/// A raw s2s client that has done STARTTLS, presenting `cert` and trusting `ca`.
+pub struct TlsRaw {
+    pub s: rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+    pub got: String,
+}
+
+impl TlsRaw {
+    /// Opens a stream `from` -> `to`, STARTTLS with (cert, key), and reads the features of
+    /// the restarted stream.
+    pub fn connect(
+        addr: SocketAddr,
+        from: &str,
+        to: &str,
+        cert: &Path,
+        key: &Path,
+        ca: &Path,
+    ) -> TlsRaw {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+        let mut raw = super::Raw::connect(addr);
+        raw.send(&stream_header(from, to));
+        assert!(
+            raw.read_until(10, |s| s.contains("</stream:features>")),
+            "{}",
+            raw.got
+        );
+        assert!(
+            raw.got.contains("<starttls"),
+            "no STARTTLS offered: {}",
+            raw.got
+        );
+        raw.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
+        assert!(
+            raw.read_until(10, |s| s.contains("<proceed")),
+            "{}",
+            raw.got
+        );
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(ca).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+            .unwrap()
+            .map(|c| c.unwrap())
+            .collect();
+        let key = PrivateKeyDer::from_pem_file(key).unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .unwrap();
+        let name = ServerName::try_from(to.to_string()).unwrap();
+        let conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), name).unwrap();
+        let mut t = TlsRaw {
+            s: rustls::StreamOwned::new(conn, raw.sock),
+            got: String::new(),
+        };
+        t.send(&stream_header(from, to));
+        assert!(
+            t.read_until(10, |s| s.contains("</stream:features>")),
+            "no features over TLS: {}",
+            t.got
+        );
+        t
+    }
+
+    pub fn send(&mut self, s: &str) {
+        use std::io::Write;
+        let _ = self.s.write_all(s.as_bytes());
+        let _ = self.s.flush();
+    }
+
+    /// Reads until `pred` holds, EOF or `secs` pass; true if pred held.
+    pub fn read_until(&mut self, secs: u64, pred: impl Fn(&str) -> bool) -> bool {
+        use std::io::Read;
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let mut buf = [0u8; 65536];
+        loop {
+            if pred(&self.got) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            match self.s.read(&mut buf) {
+                Ok(0) => return pred(&self.got),
+                Ok(n) => self.got.push_str(&String::from_utf8_lossy(&buf[..n])),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => return pred(&self.got),
+            }
+        }
+    }
+}
+
+pub fn stream_header(from: &str, to: &str) -> String {
+    format!(
+        "<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' from='{from}' to='{to}' version='1.0'>"
+    )
+}
+
+/// A complete one-chunk mail stanza from `from` (an address) to `to`, as a raw s2s peer
+/// sends it.
+pub fn mail_stanza(from: &str, to: &str, id: &str) -> String {
+    use base64::Engine;
+    let msg = format!(
+        "From: {from}\r\nTo: {to}\r\nSubject: raw-{id}\r\nMessage-ID: <{id}@test>\r\n\r\nhi\r\n"
+    );
+    let b64 = base64::engine::general_purpose::STANDARD.encode(msg.as_bytes());
+    let digest = xmta::mta::payload::sha256_hex(msg.as_bytes());
+    let from_domain = from.split('@').nth(1).unwrap_or(from);
+    let to_domain = to.split('@').nth(1).unwrap_or(to);
+    format!(
+        "<message from='{from_domain}' to='{to_domain}' id='s-{id}' type='normal'><mail xmlns='urn:xmpp:mta:0' id='{id}' size='{}' sha256='{digest}'><envelope><mail-from>{from}</mail-from><rcpt-to>{to}</rcpt-to></envelope><data>{b64}</data></mail></message>",
+        msg.len()
+    )
+}
