@@ -52,7 +52,7 @@ pub enum Command {
         #[command(subcommand)]
         cmd: QueueCmd,
     },
-    /// Registered servers (XEP-MTA §14): tools for running a registry zone.
+    /// Registered servers (XEP-MTA §22): tools for running a registry zone.
     Registry {
         #[command(subcommand)]
         cmd: RegistryCmd,

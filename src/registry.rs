@@ -1,4 +1,4 @@
-//! Registered servers (XEP-MTA §14): after a peer domain is authenticated, one DNS query
+//! Registered servers (XEP-MTA §22): after a peer domain is authenticated, one DNS query
 //! under a configured registry zone says whether the domain is registered to send mail.
 //!
 //! Dialback and certificates prove *who* a peer is; a registry says whether that domain is
@@ -361,7 +361,7 @@ pub fn reversed(ip: IpAddr) -> String {
 pub fn zonefile(zone: &str, input: &str, serial: u32) -> Result<String, String> {
     let zone = zone.trim_end_matches('.');
     let mut out = format!(
-        "; registry zone for xmta (XEP-MTA §14, RFC 5782 conventions)\n$ORIGIN {zone}.\n$TTL 3600\n@\tIN\tSOA\tns.{zone}. hostmaster.{zone}. ( {serial} 3600 600 604800 300 )\n@\tIN\tNS\tns.{zone}.\n; RFC 5782 test points: test is listed, invalid does not exist.\ntest\tIN\tA\t127.0.0.2\ntest\tIN\tTXT\t\"test entry\"\n"
+        "; registry zone for xmta (XEP-MTA §22, RFC 5782 conventions)\n$ORIGIN {zone}.\n$TTL 3600\n@\tIN\tSOA\tns.{zone}. hostmaster.{zone}. ( {serial} 3600 600 604800 300 )\n@\tIN\tNS\tns.{zone}.\n; RFC 5782 test points: test is listed, invalid does not exist.\ntest\tIN\tA\t127.0.0.2\ntest\tIN\tTXT\t\"test entry\"\n"
     );
     for (n, line) in input.lines().enumerate() {
         let line = line.split('#').next().unwrap_or("").trim();

@@ -1,4 +1,4 @@
-//! Registered servers (XEP-MTA §14): a private dnsmasq serves the registry zone
+//! Registered servers (XEP-MTA §22): a private dnsmasq serves the registry zone
 //! `reg.test` (RFC 5782 conventions), and b.test asks it after each peer authenticates.
 //! `require` refuses unregistered and suspended peers with a policy-violation stream
 //! error, `tag` records the answer in Authentication-Results, and a registry that does not
@@ -223,7 +223,7 @@ fn dead_registry_defers_until_it_answers() {
     a.wait_for("a deferral naming the registry", 30, || {
         a.queue().iter().any(|l| {
             l.contains("pending")
-                && l.contains("remote-server-timeout (wait)")
+                && l.contains("resource-constraint (wait)")
                 && l.contains("registry reg.test could not be asked")
         })
     });

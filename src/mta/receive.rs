@@ -400,12 +400,12 @@ fn check_first(core: &Core, origin: &Origin, env: &Envelope, size: u64) -> Resul
 }
 
 /// After the envelope checks of chunk 0: the registry (a failed lookup defers, XEP-MTA
-/// §14.3) and the sending domain's rate limits, each a `wait` error the sender retries.
+/// §22.4) and the sending domain's rate limits, each a `wait` error the sender retries.
 fn admit(limits: &mut Limits, origin: &Origin, size: u64) -> Result<(), Refusal> {
     if let RegistryMark::Deferred(why) = &origin.registry {
         return Err(Refusal {
             etype: "wait",
-            condition: "remote-server-timeout",
+            condition: "resource-constraint",
             app: None,
             max: None,
             text: format!("{why}; try again later"),

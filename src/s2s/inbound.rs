@@ -643,7 +643,7 @@ impl Inbound {
     }
 
     /// The checks after a domain proved who it is and before it may send: `[s2s]
-    /// allow`/`deny`, then the registry (XEP-MTA §14) under `require`.
+    /// allow`/`deny`, then the registry (XEP-MTA §22) under `require`.
     async fn admit(&mut self, from: &str) -> Result<(), End> {
         if !self.s2s.cfg.peer_allowed(from) {
             return Err(End::Error(

@@ -49,7 +49,7 @@ pub enum InboundEvent {
         /// How `from_domain` was authenticated, for trace headers: "dialback",
         /// "dialback; TLS", or "component" (by the XMPP server xmta is a component of).
         auth: &'static str,
-        /// The registry's answer for `from_domain` (XEP-MTA §14).
+        /// The registry's answer for `from_domain` (XEP-MTA §22).
         registry: crate::registry::RegistryMark,
         element: Element,
     },
