@@ -28,12 +28,19 @@ fn require_refuses_unregistered_and_suspended_peers() {
         ],
     );
     let evil = FakePeer::start("127.0.0.174", "evil.test");
-    let reg = registry_section("reg.test", "require", dns.addr, "");
+    let free = FakePeer::start("127.0.0.174", "free.test");
+    let reg = registry_section(
+        "reg.test",
+        "require",
+        dns.addr,
+        "[registry.overrides]\n\"free.test\" = \"off\"",
+    );
     let (mut a, mut b) = pair("127.0.0.170", "127.0.0.171", "", &reg);
     let mut c = Xmta::plain("c.test", "127.0.0.172");
     set_route(&mut c, "b.test", &b.addr.to_string());
     set_route(&mut b, "c.test", &c.addr.to_string());
     set_route(&mut b, "evil.test", &evil.addr.to_string());
+    set_route(&mut b, "free.test", &free.addr.to_string());
     a.start();
     b.start();
     c.start();
@@ -95,10 +102,44 @@ fn require_refuses_unregistered_and_suspended_peers() {
     r.send(&mail_stanza("mallory@evil.test", "bob@b.test", "evil1"));
     assert!(r.closed_within(10));
 
+    // free.test is not in the zone either, but its override is "off": not asked, accepted,
+    // and nothing about the registry in its trace header.
+    let mut r = Raw::connect(b.addr);
+    r.open_stream("free.test", "b.test");
+    r.send("<db:result from='free.test' to='b.test'>somekey</db:result>");
+    assert!(
+        r.read_until(15, |s| s.contains("type='valid'")),
+        "{}",
+        r.got
+    );
+    r.send(&mail_stanza("frank@free.test", "bob@b.test", "override"));
+    b.wait_for("free.test's mail", 30, || {
+        b.mailbox("bob@b.test").len() == 2
+    });
+    let mail = b.mailbox("bob@b.test");
+    let m = mail
+        .iter()
+        .find(|m| m.subject == "raw-override")
+        .expect("override mail");
+    let got = String::from_utf8_lossy(&b.show("bob@b.test", m.uid)).to_string();
+    assert!(
+        got.starts_with(
+            "Authentication-Results: b.test; x-xmpp=pass (dialback)\r\n smtp.mailfrom=free.test\r\nReceived:"
+        ),
+        "{got}"
+    );
+    assert_eq!(dns.queries("A", "free.test.reg.test"), 0, "{}", dns.log());
+
     std::thread::sleep(std::time::Duration::from_secs(2));
     let mail = b.mailbox("bob@b.test");
-    assert_eq!(mail.len(), 1, "{mail:?}");
-    assert_eq!(mail[0].subject, "registered");
+    assert_eq!(mail.len(), 2, "{mail:?}");
+    assert!(mail.iter().any(|m| m.subject == "registered"), "{mail:?}");
+    assert!(
+        !mail
+            .iter()
+            .any(|m| m.subject.contains("evil") || m.subject == "unregistered"),
+        "{mail:?}"
+    );
 }
 
 /// `tag` with `bind_ip`: everyone delivers, and Authentication-Results says what the
