@@ -265,10 +265,10 @@ fn default_max_connections_per_ip() -> usize {
     100
 }
 fn default_peer_messages_per_minute() -> u64 {
-    600
+    6000
 }
 fn default_peer_messages_burst() -> u64 {
-    200
+    2000
 }
 fn default_peer_bytes_per_minute() -> u64 {
     1 << 30
@@ -768,6 +768,12 @@ impl Config {
                 "\"certificate\" needs `s2s.cert` and `s2s.key` (SASL EXTERNAL presents them)",
             ));
         }
+        if self.s2s.auth == S2sAuth::Certificate && self.s2s.tls == TlsMode::Off {
+            return Err(self.invalid(
+                "s2s.auth",
+                "\"certificate\" needs TLS: set `s2s.tls` to \"optional\" or \"required\"",
+            ));
+        }
         if self.s2s.max_connections_per_ip == 0 {
             return Err(self.invalid("s2s.max_connections_per_ip", "must be at least 1"));
         }
@@ -937,6 +943,18 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("registry.policy"), "{e}");
+        let e = Config::parse(
+            "[server]\ndomains=['a.test']\n[s2s]\nauth='certificate'\n",
+            "x.toml",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("s2s.auth"), "{e}");
+        let e = Config::parse(
+            "[server]\ndomains=['a.test']\n[s2s]\ndeny=['bad domain']\n",
+            "x.toml",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("s2s.deny"), "{e}");
         let c = Config::parse("[server]\ndomains=['a.test']\n", "x.toml").unwrap();
         assert_eq!(c.registry_policy("b.test"), None);
         assert!(c.peer_allowed("b.test"));

@@ -227,3 +227,55 @@ fn direct_tls_is_preferred_and_falls_back_to_starttls() {
     }
     assert!(dns.queries("SRV", "_xmpps-server._tcp.b.test") >= 1);
 }
+
+/// `auth = "dialback"`: even with certificates both sides can verify, EXTERNAL is neither
+/// offered nor used, and dialback over TLS authenticates the stream.
+#[test]
+fn dialback_only_does_not_use_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path(), "dbonly");
+    let cert_a = ca.issue("a.test", &["a.test"], false);
+    let cert_b = ca.issue("b.test", &["b.test"], false);
+    let (mut a, mut b) = pair_with(
+        "127.0.0.187",
+        "127.0.0.189",
+        "",
+        "",
+        "auth = \"dialback\"",
+        "auth = \"dialback\"",
+    );
+    set_tls(
+        &mut a,
+        "optional",
+        Some((&cert_a.0, &cert_a.1)),
+        Some(&ca.ca_path),
+    );
+    set_tls(
+        &mut b,
+        "optional",
+        Some((&cert_b.0, &cert_b.1)),
+        Some(&ca.ca_path),
+    );
+    a.start();
+    b.start();
+    a.add_user("alice@a.test");
+    b.add_user("bob@b.test");
+    a.send(
+        "alice@a.test",
+        &["bob@b.test"],
+        &message("alice@a.test", "bob@b.test", "dialback-only", "x"),
+    );
+    b.wait_for("the mail", 30, || b.mailbox("bob@b.test").len() == 1);
+    let got = String::from_utf8_lossy(&b.show("bob@b.test", 1)).to_string();
+    assert!(
+        got.starts_with("Authentication-Results: b.test; x-xmpp=pass (dialback; TLS)"),
+        "{got}"
+    );
+    assert!(
+        a.log()
+            .contains("outgoing stream encrypted remote=\"b.test\" cert_valid=true"),
+        "{}",
+        a.log_tail(30)
+    );
+    assert!(!a.log().contains("SASL EXTERNAL") && !b.log().contains("SASL EXTERNAL"));
+}

@@ -9,6 +9,10 @@
 //!
 //! The rule this module exists to enforce: a stanza reaches the rest of xmta only if its
 //! `from` domain was authenticated on the stream it arrived on.
+//!
+//! Who may authenticate is policy: `[s2s] auth` (certificate / dialback / either),
+//! `allow`/`deny`, `max_connections_per_ip`, and the registry of registered servers
+//! (`crate::registry`), asked once a domain is authenticated and applied to each stanza.
 
 mod component;
 pub mod dialback;
