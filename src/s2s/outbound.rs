@@ -242,7 +242,8 @@ impl S2s {
                 });
             }
             // XEP-0178: over TLS with our certificate, authenticate with SASL EXTERNAL
-            // where the peer offers it; dialback remains the fallback.
+            // where the peer offers it and its own certificate is valid for its domain
+            // (both sides authenticated by certificate); dialback remains the fallback.
             let offers_external = features
                 .as_ref()
                 .and_then(|f| f.get_child("mechanisms", ns::SASL))
@@ -252,6 +253,7 @@ impl S2s {
                 })
                 .unwrap_or(false);
             if tls
+                && cert_valid
                 && !external
                 && offers_external
                 && self.tls.client_cert
