@@ -241,13 +241,22 @@ fn tag_records_the_registry_answer() {
 
 /// A registry that does not answer: the start-up probe reports the zone broken, mail is
 /// answered with a temporary error (the sender keeps it queued), and once the registry
-/// answers the queued mail is delivered.
+/// answers the queued mail is delivered. A later suspension takes effect on the open
+/// stream once the cached answer expires.
 #[test]
 fn dead_registry_defers_until_it_answers() {
     let port = free_port("127.0.0.182");
     let mut dns = Dnsmasq::stopped("127.0.0.182", port, &["reg.test"]);
     let reg = registry_section("reg.test", "require", dns.addr, "");
     let (mut a, mut b) = pair("127.0.0.180", "127.0.0.181", "", &reg);
+    // The queue notices a stream closed under a sent mail only when the receipt is
+    // overdue: keep that short.
+    let cfg = std::fs::read_to_string(&a.config).unwrap();
+    std::fs::write(
+        &a.config,
+        cfg.replacen("receipt_timeout_secs = 10", "receipt_timeout_secs = 3", 1),
+    )
+    .unwrap();
     a.start();
     b.start();
     a.add_user("alice@a.test");
@@ -280,6 +289,29 @@ fn dead_registry_defers_until_it_answers() {
     let got = String::from_utf8_lossy(&b.show("bob@b.test", 1)).to_string();
     assert!(got.contains("x-xmta-registry=pass (reg.test)"), "{got}");
     a.wait_for("a's queue to empty", 30, || a.queue().is_empty());
+
+    // The registry suspends a.test: once the cached answer expires (TTL floor 1 s), the
+    // open stream's next stanza ends it with policy-violation, and so does every new
+    // attempt.
+    dns.restart(&[
+        Rec::A("test.reg.test", "127.0.0.2"),
+        Rec::A("a.test.reg.test", "127.0.0.4"),
+        Rec::Txt("a.test.reg.test", "suspended by the registry operator"),
+    ]);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    a.send(
+        "alice@a.test",
+        &["bob@b.test"],
+        &message("alice@a.test", "bob@b.test", "after-suspension", "x"),
+    );
+    a.wait_for("the suspension in a's queue", 30, || {
+        a.queue().iter().any(|l| {
+            l.contains("pending")
+                && l.contains("policy-violation")
+                && l.contains("suspended by the registry operator")
+        })
+    });
+    assert_eq!(b.mailbox("bob@b.test").len(), 1);
 }
 
 /// `xmta registry zonefile` prints a zone whose records are the ones the checks ask.
