@@ -26,7 +26,7 @@ use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::{RData, RecordType};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, RegistryPolicy};
 
@@ -298,7 +298,7 @@ impl Registry {
                     info!(domain, zone = %self.zone, status = l.status.as_str(), reason = %l.reason, "registry refuses peer");
                     Decision::Refuse(l.reason)
                 } else {
-                    info!(domain, zone = %self.zone, status = l.status.as_str(), "registry answer");
+                    debug!(domain, zone = %self.zone, status = l.status.as_str(), "registry answer");
                     Decision::Accept(Some(tag))
                 }
             }

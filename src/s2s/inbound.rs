@@ -679,8 +679,17 @@ impl Inbound {
         self.pending.remove(&pair);
         match v.verdict {
             Ok(DbType::Valid) => {
-                if let Some(Decision::Refuse(reason)) = v.registry {
-                    return Err(End::Error("policy-violation", reason));
+                match v.registry {
+                    Some(Decision::Refuse(reason)) => {
+                        return Err(End::Error("policy-violation", reason));
+                    }
+                    Some(Decision::Accept(Some(tag))) => {
+                        info!(peer = %self.peer, from = %v.from, %tag, "registry admits peer")
+                    }
+                    Some(Decision::Defer(why)) => {
+                        info!(peer = %self.peer, from = %v.from, %why, "registry not answering; mail from this peer is deferred")
+                    }
+                    _ => {}
                 }
                 self.write(&dialback::result_answer(
                     &v.to,
