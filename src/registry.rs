@@ -188,7 +188,11 @@ impl Registry {
                 for r in lookup.answers() {
                     if let RData::A(a) = &r.data {
                         match Status::from_a(a.0) {
-                            Some(s) => status = Some(s),
+                            // Several codes: the worst one counts.
+                            Some(s) if status.is_none_or(|o: Status| s.rank() > o.rank()) => {
+                                status = Some(s)
+                            }
+                            Some(_) => {}
                             None => {
                                 return Err(format!("{name} answered {}, not 127.0.0.2-4", a.0));
                             }

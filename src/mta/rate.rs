@@ -36,6 +36,17 @@ impl PeerBuckets {
     /// not hold them. A cost above the bucket's size passes once the bucket is full (and
     /// leaves it in debt), so a large mail is slowed, never refused for ever.
     pub fn take(&mut self, peer: &str, cost: u64, now: Instant) -> bool {
+        if !self.available(peer, cost, now) {
+            return false;
+        }
+        if let Some(b) = self.buckets.get_mut(peer) {
+            b.tokens -= cost as f64;
+        }
+        true
+    }
+
+    /// Whether `peer` has `cost` tokens at `now` (refilling its bucket; nothing taken).
+    pub fn available(&mut self, peer: &str, cost: u64, now: Instant) -> bool {
         if self.per_minute == 0 {
             return true;
         }
@@ -55,11 +66,7 @@ impl PeerBuckets {
         b.tokens = (b.tokens + elapsed * rate).min(cap);
         b.at = now;
         let need = (cost as f64).min(cap);
-        if b.tokens + 1e-9 < need {
-            return false;
-        }
-        b.tokens -= cost as f64;
-        true
+        b.tokens + 1e-9 >= need
     }
 
     /// Seconds until `peer` has `cost` tokens again (for the refusal's text).
@@ -105,6 +112,16 @@ mod tests {
         // In debt: 900 tokens to repay at 10/s before even 1 more.
         assert!(!b.take("a", 1, t0 + Duration::from_secs(60)));
         assert!(b.take("a", 1, t0 + Duration::from_secs(91)));
+    }
+
+    #[test]
+    fn available_takes_nothing() {
+        let t0 = Instant::now();
+        let mut b = PeerBuckets::new(60, 1);
+        assert!(b.available("a", 1, t0));
+        assert!(b.available("a", 1, t0));
+        assert!(b.take("a", 1, t0));
+        assert!(!b.available("a", 1, t0));
     }
 
     #[test]

@@ -413,7 +413,7 @@ fn admit(limits: &mut Limits, origin: &Origin, size: u64) -> Result<(), Refusal>
     }
     let now = Instant::now();
     let peer = origin.from_domain.as_str();
-    if !limits.messages.take(peer, 1, now) {
+    if !limits.messages.available(peer, 1, now) {
         let wait = limits.messages.wait_secs(peer, 1);
         warn!(
             peer,
@@ -425,7 +425,7 @@ fn admit(limits: &mut Limits, origin: &Origin, size: u64) -> Result<(), Refusal>
             limits.messages.per_minute()
         )));
     }
-    if !limits.bytes.take(peer, size, now) {
+    if !limits.bytes.available(peer, size, now) {
         let wait = limits.bytes.wait_secs(peer, size);
         warn!(
             peer,
@@ -437,6 +437,9 @@ fn admit(limits: &mut Limits, origin: &Origin, size: u64) -> Result<(), Refusal>
             limits.bytes.per_minute()
         )));
     }
+    // Both have room: take from both (a refusal by one costs nothing from the other).
+    limits.messages.take(peer, 1, now);
+    limits.bytes.take(peer, size, now);
     Ok(())
 }
 
