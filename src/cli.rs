@@ -52,6 +52,51 @@ pub enum Command {
         #[command(subcommand)]
         cmd: QueueCmd,
     },
+    /// Registered servers (XEP-MTA §22): tools for running a registry zone.
+    Registry {
+        #[command(subcommand)]
+        cmd: RegistryCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RegistryCmd {
+    /// Print a BIND zone file from lines of `domain [ip] [registered|provisional|suspended]
+    /// [reason...]` (FILE, or `-` for stdin), with the RFC 5782 test entries.
+    Zonefile {
+        file: PathBuf,
+        /// The zone (default: `[registry] zone` of the config).
+        #[arg(long)]
+        zone: Option<String>,
+        /// The SOA serial (default: the current Unix time).
+        #[arg(long)]
+        serial: Option<u32>,
+    },
+}
+
+fn run_registry(cfg: &Config, cmd: RegistryCmd) -> Result<(), String> {
+    match cmd {
+        RegistryCmd::Zonefile { file, zone, serial } => {
+            let zone = zone
+                .or_else(|| cfg.registry.zone.clone())
+                .ok_or("no zone: give --zone or set [registry] zone")?;
+            let input = if file.as_os_str() == "-" {
+                let mut s = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut s)
+                    .map_err(|e| format!("stdin: {e}"))?;
+                s
+            } else {
+                std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?
+            };
+            let serial = serial.unwrap_or(crate::now() as u32);
+            let out = crate::registry::zonefile(&zone, &input, serial)
+                .map_err(|e| format!("{}: {e}", file.display()))?;
+            std::io::stdout()
+                .write_all(out.as_bytes())
+                .map_err(|e| format!("stdout: {e}"))
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -97,6 +142,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
             rt.block_on(crate::server::serve(cfg))
                 .map_err(|e| e.to_string())
         }
+        Command::Registry { cmd } => run_registry(&cfg, cmd),
         cmd => {
             let req = request_for(cmd)?;
             let resp = rt.block_on(dispatch(&cfg, req))?;
@@ -117,6 +163,7 @@ fn init_logging(cfg: &Config) {
 fn request_for(cmd: Command) -> Result<Request, String> {
     Ok(match cmd {
         Command::Serve => return Err("internal: serve has no request".into()),
+        Command::Registry { .. } => return Err("internal: registry has no request".into()),
         Command::User {
             cmd:
                 UserCmd::Add {

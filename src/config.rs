@@ -47,6 +47,10 @@ pub struct Config {
     /// listening for s2s: that server then carries all of xmta's stanzas.
     #[serde(default)]
     pub component: Option<ComponentConfig>,
+    /// Registered servers (XEP-MTA "Registries"): a DNS zone listing the domains that may
+    /// send mail here, and what to do with the answer.
+    #[serde(default)]
+    pub registry: RegistryConfig,
     /// Where the config was read from (for messages); not a key.
     #[serde(skip)]
     pub source: String,
@@ -106,6 +110,49 @@ pub struct S2sConfig {
     /// Static next hops ("domain" = "host:port") that override DNS.
     #[serde(default)]
     pub routes: BTreeMap<String, String>,
+    /// How peers may authenticate: "certificate" (SASL EXTERNAL, XEP-0178, only),
+    /// "dialback" (XEP-0220 only) or "either".
+    #[serde(default)]
+    pub auth: S2sAuth,
+    /// Listeners for direct TLS (XEP-0368, `_xmpps-server._tcp`): TLS from the first byte.
+    #[serde(default)]
+    pub tls_listen: Vec<SocketAddr>,
+    /// Peer domains allowed to send here ("example.org", or "*.example.org" for its
+    /// subdomains); empty allows every domain not in `deny`.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Peer domains refused (same patterns as `allow`); checked before `allow`.
+    #[serde(default)]
+    pub deny: Vec<String>,
+    /// Most inbound s2s connections open at once from one source address.
+    #[serde(default = "default_max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
+    /// Mails one peer domain may send per minute (token bucket refill; 0 = no limit).
+    #[serde(default = "default_peer_messages_per_minute")]
+    pub peer_messages_per_minute: u64,
+    /// Mails one peer domain may send in a burst (the bucket's size).
+    #[serde(default = "default_peer_messages_burst")]
+    pub peer_messages_burst: u64,
+    /// Message octets one peer domain may send per minute (0 = no limit).
+    #[serde(default = "default_peer_bytes_per_minute")]
+    pub peer_bytes_per_minute: u64,
+    /// Message octets one peer domain may send in a burst.
+    #[serde(default = "default_peer_bytes_burst")]
+    pub peer_bytes_burst: u64,
+}
+
+/// `[s2s] auth`: which authentication an inbound peer may use and an outbound stream
+/// relies on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum S2sAuth {
+    /// Only a certificate valid for the domain (SASL EXTERNAL); dialback is refused.
+    Certificate,
+    /// Only Server Dialback; EXTERNAL is neither offered nor used.
+    Dialback,
+    /// SASL EXTERNAL where both certificates are valid, dialback otherwise.
+    #[default]
+    Either,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -214,6 +261,21 @@ fn default_handshake() -> u64 {
 fn default_connect() -> u64 {
     10
 }
+fn default_max_connections_per_ip() -> usize {
+    100
+}
+fn default_peer_messages_per_minute() -> u64 {
+    6000
+}
+fn default_peer_messages_burst() -> u64 {
+    2000
+}
+fn default_peer_bytes_per_minute() -> u64 {
+    1 << 30
+}
+fn default_peer_bytes_burst() -> u64 {
+    256 << 20
+}
 fn default_retry_initial() -> u64 {
     60
 }
@@ -265,6 +327,15 @@ impl Default for S2sConfig {
             handshake_timeout_secs: default_handshake(),
             connect_timeout_secs: default_connect(),
             routes: BTreeMap::new(),
+            auth: S2sAuth::default(),
+            tls_listen: Vec::new(),
+            allow: Vec::new(),
+            deny: Vec::new(),
+            max_connections_per_ip: default_max_connections_per_ip(),
+            peer_messages_per_minute: default_peer_messages_per_minute(),
+            peer_messages_burst: default_peer_messages_burst(),
+            peer_bytes_per_minute: default_peer_bytes_per_minute(),
+            peer_bytes_burst: default_peer_bytes_burst(),
         }
     }
 }
@@ -541,6 +612,8 @@ impl Config {
                 format!("{l} is also in smtp.listen; one address serves one protocol"),
             ));
         }
+        self.validate_s2s_policy()?;
+        self.validate_registry()?;
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(self.invalid(
                 "log.level",
@@ -582,6 +655,202 @@ impl Config {
     }
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_secs(self.s2s.connect_timeout_secs)
+    }
+}
+
+/// `[registry]`: registered servers (XEP-MTA "Registries", RFC 5782 conventions).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// The DNS zone, e.g. "registry.example.net"; no zone, no registry check.
+    #[serde(default)]
+    pub zone: Option<String>,
+    /// "require" refuses unregistered and suspended peers, "tag" records the answer in
+    /// Authentication-Results, "off" does not ask. Default "tag" when a zone is set.
+    #[serde(default)]
+    pub policy: Option<RegistryPolicy>,
+    /// Per peer domain policy, e.g. `"partner.example" = "off"`.
+    #[serde(default)]
+    pub overrides: BTreeMap<String, RegistryPolicy>,
+    /// Also ask `<domain>.<reversed peer ip>.<zone>`: the domain must be registered for
+    /// the address it connects from.
+    #[serde(default)]
+    pub bind_ip: bool,
+    /// Nameservers for registry queries; empty uses `[dns] nameservers`, then the system's.
+    #[serde(default)]
+    pub nameservers: Vec<SocketAddr>,
+    /// Floor and ceiling of the time an answer (also NXDOMAIN) is cached, whatever its TTL.
+    #[serde(default = "default_registry_min_ttl")]
+    pub min_ttl_secs: u64,
+    #[serde(default = "default_registry_max_ttl")]
+    pub max_ttl_secs: u64,
+    /// A registry query not answered in this long is a lookup failure (the mail is deferred).
+    #[serde(default = "default_registry_timeout")]
+    pub timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RegistryPolicy {
+    Require,
+    Tag,
+    Off,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            zone: None,
+            policy: None,
+            overrides: BTreeMap::new(),
+            bind_ip: false,
+            nameservers: Vec::new(),
+            min_ttl_secs: default_registry_min_ttl(),
+            max_ttl_secs: default_registry_max_ttl(),
+            timeout_secs: default_registry_timeout(),
+        }
+    }
+}
+
+fn default_registry_min_ttl() -> u64 {
+    60
+}
+fn default_registry_max_ttl() -> u64 {
+    86_400
+}
+fn default_registry_timeout() -> u64 {
+    3
+}
+
+/// A peer domain pattern of `[s2s] allow` / `deny`: "example.org" or "*.example.org".
+pub fn domain_matches(pattern: &str, domain: &str) -> bool {
+    match pattern.strip_prefix("*.") {
+        Some(parent) => domain
+            .strip_suffix(parent)
+            .is_some_and(|head| head.ends_with('.') && head.len() > 1),
+        None => pattern == domain,
+    }
+}
+
+impl Config {
+    fn validate_s2s_policy(&mut self) -> Result<(), ConfigError> {
+        for key in ["allow", "deny"] {
+            let list = if key == "allow" {
+                &self.s2s.allow
+            } else {
+                &self.s2s.deny
+            };
+            let mut out = Vec::new();
+            for p in list {
+                let (wild, d) = match p.strip_prefix("*.") {
+                    Some(d) => (true, d),
+                    None => (false, p.as_str()),
+                };
+                let n = crate::addr::normalize_domain(d)
+                    .map_err(|e| self.invalid(&format!("s2s.{key}"), format!("`{p}`: {e}")))?;
+                out.push(if wild { format!("*.{n}") } else { n });
+            }
+            if key == "allow" {
+                self.s2s.allow = out;
+            } else {
+                self.s2s.deny = out;
+            }
+        }
+        if !self.s2s.tls_listen.is_empty() && self.s2s.cert.is_none() {
+            return Err(self.invalid(
+                "s2s.tls_listen",
+                "direct TLS needs `s2s.cert` and `s2s.key`",
+            ));
+        }
+        if self.s2s.auth == S2sAuth::Certificate && self.s2s.cert.is_none() {
+            return Err(self.invalid(
+                "s2s.auth",
+                "\"certificate\" needs `s2s.cert` and `s2s.key` (SASL EXTERNAL presents them)",
+            ));
+        }
+        if self.s2s.auth == S2sAuth::Certificate && self.s2s.tls == TlsMode::Off {
+            return Err(self.invalid(
+                "s2s.auth",
+                "\"certificate\" needs TLS: set `s2s.tls` to \"optional\" or \"required\"",
+            ));
+        }
+        if self.s2s.max_connections_per_ip == 0 {
+            return Err(self.invalid("s2s.max_connections_per_ip", "must be at least 1"));
+        }
+        for (k, rate, burst) in [
+            (
+                "s2s.peer_messages_burst",
+                self.s2s.peer_messages_per_minute,
+                self.s2s.peer_messages_burst,
+            ),
+            (
+                "s2s.peer_bytes_burst",
+                self.s2s.peer_bytes_per_minute,
+                self.s2s.peer_bytes_burst,
+            ),
+        ] {
+            if rate > 0 && burst == 0 {
+                return Err(self.invalid(k, "must be at least 1 when the rate is limited"));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_registry(&mut self) -> Result<(), ConfigError> {
+        match self.registry.zone.clone() {
+            None => {
+                if matches!(
+                    self.registry.policy,
+                    Some(RegistryPolicy::Require) | Some(RegistryPolicy::Tag)
+                ) {
+                    return Err(self.invalid("registry.policy", "needs `registry.zone`"));
+                }
+            }
+            Some(z) => {
+                let n = crate::addr::normalize_domain(z.trim_end_matches('.'))
+                    .map_err(|e| self.invalid("registry.zone", format!("`{z}`: {e}")))?;
+                self.registry.zone = Some(n);
+            }
+        }
+        let mut overrides = BTreeMap::new();
+        for (d, p) in &self.registry.overrides {
+            let n = crate::addr::normalize_domain(d)
+                .map_err(|e| self.invalid(&format!("registry.overrides.\"{d}\""), e.to_string()))?;
+            overrides.insert(n, *p);
+        }
+        self.registry.overrides = overrides;
+        if self.registry.timeout_secs == 0 {
+            return Err(self.invalid("registry.timeout_secs", "must be at least 1"));
+        }
+        if self.registry.max_ttl_secs < self.registry.min_ttl_secs {
+            return Err(self.invalid(
+                "registry.max_ttl_secs",
+                "must not be smaller than registry.min_ttl_secs",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The registry policy for peer `domain`: None when no registry is configured or the
+    /// policy (or its override) is "off".
+    pub fn registry_policy(&self, domain: &str) -> Option<RegistryPolicy> {
+        self.registry.zone.as_ref()?;
+        let p = self
+            .registry
+            .overrides
+            .get(domain)
+            .copied()
+            .or(self.registry.policy)
+            .unwrap_or(RegistryPolicy::Tag);
+        (p != RegistryPolicy::Off).then_some(p)
+    }
+
+    /// Whether `[s2s] allow` / `deny` let peer `domain` in.
+    pub fn peer_allowed(&self, domain: &str) -> bool {
+        if self.s2s.deny.iter().any(|p| domain_matches(p, domain)) {
+            return false;
+        }
+        self.s2s.allow.is_empty() || self.s2s.allow.iter().any(|p| domain_matches(p, domain))
     }
 }
 
@@ -651,5 +920,43 @@ mod tests {
             "::1".parse().unwrap()
         ));
         assert!(parse_cidr("nope").is_none());
+    }
+
+    #[test]
+    fn registry_and_policy_keys() {
+        let c = Config::parse(
+            "[server]\ndomains=['a.test']\n[s2s]\ndeny=['*.Evil.test']\nallow=['b.test','*.c.test']\n[registry]\nzone='reg.test.'\npolicy='require'\n[registry.overrides]\n'X.test'='off'\n",
+            "x.toml",
+        )
+        .unwrap();
+        assert_eq!(c.registry.zone.as_deref(), Some("reg.test"));
+        assert_eq!(c.registry_policy("b.test"), Some(RegistryPolicy::Require));
+        assert_eq!(c.registry_policy("x.test"), None);
+        assert!(c.peer_allowed("b.test"));
+        assert!(c.peer_allowed("m.c.test"));
+        assert!(!c.peer_allowed("c.test"));
+        assert!(!c.peer_allowed("d.test"));
+        assert!(!c.peer_allowed("a.evil.test"));
+        let e = Config::parse(
+            "[server]\ndomains=['a.test']\n[registry]\npolicy='require'\n",
+            "x.toml",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("registry.policy"), "{e}");
+        let e = Config::parse(
+            "[server]\ndomains=['a.test']\n[s2s]\nauth='certificate'\n",
+            "x.toml",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("s2s.auth"), "{e}");
+        let e = Config::parse(
+            "[server]\ndomains=['a.test']\n[s2s]\ndeny=['bad domain']\n",
+            "x.toml",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("s2s.deny"), "{e}");
+        let c = Config::parse("[server]\ndomains=['a.test']\n", "x.toml").unwrap();
+        assert_eq!(c.registry_policy("b.test"), None);
+        assert!(c.peer_allowed("b.test"));
     }
 }

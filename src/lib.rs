@@ -9,6 +9,7 @@
 //! - `delivery`: submission, the outbound queue, retries, bounces.
 //! - `store`: the durable redb store (mailboxes, queue, users, duplicate memory).
 //! - `smtp`: SMTP (MX role) and LMTP listeners.
+//! - `registry`: registered servers (RFC 5782-style DNS zone) asked for authenticated peers.
 //! - `server`, `admin`, `cli`: running it and talking to it.
 
 pub mod addr;
@@ -17,6 +18,7 @@ pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod mta;
+pub mod registry;
 pub mod s2s;
 pub mod server;
 pub mod smtp;

@@ -83,6 +83,13 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
             .map_err(|e| ServeError::Listen(addr.to_string(), e.to_string()))?;
         listeners.push(l);
     }
+    let mut tls_listeners = Vec::new();
+    for addr in &cfg.s2s.tls_listen {
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|e| ServeError::Listen(addr.to_string(), e.to_string()))?;
+        tls_listeners.push(l);
+    }
     let mut smtp_listeners = Vec::new();
     for addr in &cfg.smtp.listen {
         let l = TcpListener::bind(addr)
@@ -101,6 +108,9 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
 
     for l in listeners {
         tokio::spawn(s2s.clone().serve(l));
+    }
+    for l in tls_listeners {
+        tokio::spawn(s2s.clone().serve_direct_tls(l));
     }
     let smtp_slots = Arc::new(tokio::sync::Semaphore::new(cfg.smtp.max_connections));
     for (l, mode) in smtp_listeners {

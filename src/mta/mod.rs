@@ -2,4 +2,5 @@
 //! side. The sending side is the courier in `delivery::queue`.
 
 pub mod payload;
+pub mod rate;
 pub mod receive;

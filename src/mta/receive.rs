@@ -16,7 +16,9 @@ use tracing::{debug, info, warn};
 use super::payload::{
     Envelope, MailChunk, MailError, RcptReceipt, RcptStatus, Receipt, sha256_hex,
 };
+use super::rate::PeerBuckets;
 use crate::addr::MailAddress;
+use crate::registry::RegistryMark;
 use crate::s2s::InboundEvent;
 use crate::server::Core;
 use crate::store::{DedupeKey, LocalDelivery, Op, OpResult, RcptOutcome};
@@ -44,6 +46,7 @@ struct Partial {
     data: Vec<u8>,
     last: Instant,
     auth: &'static str,
+    registry: RegistryMark,
 }
 
 type PartialKey = (u64, String, String, String);
@@ -112,11 +115,24 @@ struct Origin {
     to_domain: String,
     /// How the sending domain was authenticated (for the trace headers).
     auth: &'static str,
+    /// The registry's answer about the sending domain.
+    registry: RegistryMark,
+}
+
+/// Per-peer rate limits (`[s2s] peer_messages_*`, `peer_bytes_*`).
+struct Limits {
+    messages: PeerBuckets,
+    bytes: PeerBuckets,
 }
 
 /// Consumes inbound events until the channel closes.
 pub async fn run(core: Arc<Core>, mut rx: mpsc::Receiver<InboundEvent>) {
     let mut partials = Partials::default();
+    let s = &core.cfg.s2s;
+    let mut limits = Limits {
+        messages: PeerBuckets::new(s.peer_messages_per_minute, s.peer_messages_burst),
+        bytes: PeerBuckets::new(s.peer_bytes_per_minute, s.peer_bytes_burst),
+    };
     while let Some(ev) = rx.recv().await {
         match ev {
             InboundEvent::StreamClosed { stream } => {
@@ -133,6 +149,7 @@ pub async fn run(core: Arc<Core>, mut rx: mpsc::Receiver<InboundEvent>) {
                 from_domain,
                 to_domain,
                 auth,
+                registry,
                 element,
             } => {
                 partials.retain(|_, p| p.last.elapsed() < PARTIAL_IDLE);
@@ -140,8 +157,9 @@ pub async fn run(core: Arc<Core>, mut rx: mpsc::Receiver<InboundEvent>) {
                     from_domain,
                     to_domain,
                     auth,
+                    registry,
                 };
-                stanza(&core, &mut partials, stream, &origin, element);
+                stanza(&core, &mut partials, &mut limits, stream, &origin, element);
             }
         }
     }
@@ -162,7 +180,14 @@ fn bare(jid: &str) -> &str {
     jid.split('/').next().unwrap_or(jid)
 }
 
-fn stanza(core: &Arc<Core>, partials: &mut Partials, stream: u64, origin: &Origin, el: Element) {
+fn stanza(
+    core: &Arc<Core>,
+    partials: &mut Partials,
+    limits: &mut Limits,
+    stream: u64,
+    origin: &Origin,
+    el: Element,
+) {
     let (from_domain, to_domain) = (origin.from_domain.as_str(), origin.to_domain.as_str());
     let to_is_domain = el
         .attr("to")
@@ -194,7 +219,7 @@ fn stanza(core: &Arc<Core>, partials: &mut Partials, stream: u64, origin: &Origi
                         "a mail stanza carries exactly one <mail/> and no <receipt/>",
                     ))
                 } else {
-                    mail_chunk(core, partials, stream, origin, &el, mail).err()
+                    mail_chunk(core, partials, limits, stream, origin, &el, mail).err()
                 };
                 if let Some(r) = refusal {
                     // XEP-MTA §8.4: any error discards the partial mail it belongs to.
@@ -374,9 +399,54 @@ fn check_first(core: &Core, origin: &Origin, env: &Envelope, size: u64) -> Resul
     Ok(())
 }
 
+/// After the envelope checks of chunk 0: the registry (a failed lookup defers, XEP-MTA
+/// §22.4) and the sending domain's rate limits, each a `wait` error the sender retries.
+fn admit(limits: &mut Limits, origin: &Origin, size: u64) -> Result<(), Refusal> {
+    if let RegistryMark::Deferred(why) = &origin.registry {
+        return Err(Refusal {
+            etype: "wait",
+            condition: "resource-constraint",
+            app: None,
+            max: None,
+            text: format!("{why}; try again later"),
+        });
+    }
+    let now = Instant::now();
+    let peer = origin.from_domain.as_str();
+    if !limits.messages.available(peer, 1, now) {
+        let wait = limits.messages.wait_secs(peer, 1);
+        warn!(
+            peer,
+            limit = limits.messages.per_minute(),
+            "peer message rate limit hit"
+        );
+        return Err(resource_constraint(format!(
+            "rate limit: {peer} may send {} mails a minute here (s2s.peer_messages_per_minute); try again in {wait} s",
+            limits.messages.per_minute()
+        )));
+    }
+    if !limits.bytes.available(peer, size, now) {
+        let wait = limits.bytes.wait_secs(peer, size);
+        warn!(
+            peer,
+            limit = limits.bytes.per_minute(),
+            "peer byte rate limit hit"
+        );
+        return Err(resource_constraint(format!(
+            "rate limit: {peer} may send {} octets a minute here (s2s.peer_bytes_per_minute); try again in {wait} s",
+            limits.bytes.per_minute()
+        )));
+    }
+    // Both have room: take from both (a refusal by one costs nothing from the other).
+    limits.messages.take(peer, 1, now);
+    limits.bytes.take(peer, size, now);
+    Ok(())
+}
+
 fn mail_chunk(
     core: &Arc<Core>,
     partials: &mut Partials,
+    limits: &mut Limits,
     stream: u64,
     origin: &Origin,
     el: &Element,
@@ -401,6 +471,7 @@ fn mail_chunk(
             ));
         }
         check_first(core, origin, &env, chunk.size)?;
+        admit(limits, origin, chunk.size)?;
         if chunk.data.len() as u64 > chunk.size {
             return Err(bad_request("more data than the declared size"));
         }
@@ -439,6 +510,7 @@ fn mail_chunk(
                 data,
                 last: Instant::now(),
                 auth: origin.auth,
+                registry: origin.registry.clone(),
             },
         );
         return Ok(());
@@ -478,6 +550,7 @@ fn mail_chunk(
         from_domain: origin.from_domain.clone(),
         to_domain: origin.to_domain.clone(),
         auth: p.auth,
+        registry: p.registry,
     };
     deliver(core.clone(), &origin, chunk.id, p.envelope, p.data);
     Ok(())
@@ -487,12 +560,17 @@ fn mail_chunk(
 fn deliver(core: Arc<Core>, origin: &Origin, mail_id: String, env: Envelope, data: Vec<u8>) {
     let (from_domain, to_domain) = (origin.from_domain.clone(), origin.to_domain.clone());
     let method = origin.auth;
+    let registry = match &origin.registry {
+        RegistryMark::Tag(t) => Some(t.clone()),
+        _ => None,
+    };
     tokio::spawn(async move {
         let now = crate::now();
         let trace = trace_headers(
             &from_domain,
             &to_domain,
             method,
+            registry.as_deref(),
             &mail_id,
             &env.rcpt_to,
             now,
@@ -586,6 +664,7 @@ fn trace_headers(
     from: &str,
     to: &str,
     method: &str,
+    registry: Option<&str>,
     mail_id: &str,
     rcpts: &[String],
     now: i64,
@@ -594,8 +673,9 @@ fn trace_headers(
         [one] => format!(" for <{one}>"),
         _ => String::new(),
     };
+    let registry = registry.map(|r| format!(";\r\n {r}")).unwrap_or_default();
     format!(
-        "Authentication-Results: {to}; x-xmpp=pass ({method})\r\n smtp.mailfrom={from}\r\nReceived: from {from} ({method}) by {to} with XMPP\r\n id {mail_id}{for_clause};\r\n {}\r\n",
+        "Authentication-Results: {to}; x-xmpp=pass ({method})\r\n smtp.mailfrom={from}{registry}\r\nReceived: from {from} ({method}) by {to} with XMPP\r\n id {mail_id}{for_clause};\r\n {}\r\n",
         crate::rfc5322_date(now)
     )
 }

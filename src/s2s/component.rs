@@ -168,6 +168,7 @@ impl S2s {
                     from_domain,
                     to_domain,
                     auth: "component",
+                    registry: crate::registry::RegistryMark::None,
                     element: el,
                 };
                 if s2s.events.send(ev).await.is_err() {

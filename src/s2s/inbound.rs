@@ -17,8 +17,9 @@ use tokio::time::{Instant, timeout_at};
 use tracing::{debug, info, warn};
 
 use super::dialback::{self, DbType, Dialback};
-use super::{BoxIo, InboundEvent, S2s, random_id};
-use crate::config::TlsMode;
+use super::{BoxIo, InboundEvent, IpSlot, S2s, random_id};
+use crate::config::{S2sAuth, TlsMode};
+use crate::registry::{Decision, RegistryMark};
 use crate::xml::writer::{stream_error, stream_header};
 use crate::xml::{StreamHeader, XmlError, XmlReader, ns};
 
@@ -27,6 +28,8 @@ struct Verified {
     from: String,
     to: String,
     verdict: Result<DbType, String>,
+    /// The registry's decision, asked once the key proved valid.
+    registry: Option<Decision>,
 }
 
 struct Inbound {
@@ -59,8 +62,17 @@ enum End {
 }
 
 impl S2s {
-    /// Accepts inbound streams until the listener fails.
+    /// Accepts inbound streams (STARTTLS offered) until the listener fails.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        self.accept_loop(listener, false).await
+    }
+
+    /// Accepts direct TLS streams (XEP-0368: TLS from the first byte).
+    pub async fn serve_direct_tls(self: Arc<Self>, listener: TcpListener) {
+        self.accept_loop(listener, true).await
+    }
+
+    async fn accept_loop(self: Arc<Self>, listener: TcpListener, direct_tls: bool) {
         loop {
             let (sock, peer) = match listener.accept().await {
                 Ok(x) => x,
@@ -71,23 +83,41 @@ impl S2s {
                 }
             };
             let _ = sock.set_nodelay(true);
+            let Some(slot) = self.ip_slot(peer.ip()) else {
+                let limit = self.cfg.s2s.max_connections_per_ip;
+                warn!(%peer, limit, "s2s connections per address limit reached, refusing");
+                tokio::spawn(refuse(
+                    sock,
+                    format!(
+                        "too many connections from {} (max_connections_per_ip = {limit})",
+                        peer.ip()
+                    ),
+                ));
+                continue;
+            };
             match self.conn_limit.clone().try_acquire_owned() {
                 Ok(permit) => {
                     let s2s = self.clone();
                     tokio::spawn(async move {
-                        s2s.handle_inbound(sock, peer).await;
+                        s2s.handle_inbound(sock, peer, direct_tls, slot).await;
                         drop(permit);
                     });
                 }
                 Err(_) => {
                     warn!(%peer, limit = self.cfg.s2s.max_connections, "s2s connection limit reached, refusing");
-                    tokio::spawn(refuse(sock));
+                    tokio::spawn(refuse(sock, "too many connections".into()));
                 }
             }
         }
     }
 
-    async fn handle_inbound(self: Arc<Self>, sock: TcpStream, peer: SocketAddr) {
+    async fn handle_inbound(
+        self: Arc<Self>,
+        sock: TcpStream,
+        peer: SocketAddr,
+        direct_tls: bool,
+        _slot: IpSlot,
+    ) {
         let io: BoxIo = Box::new(sock);
         let (r, w) = tokio::io::split(io);
         let stream_no = self.next_stream.fetch_add(1, Ordering::Relaxed);
@@ -108,7 +138,14 @@ impl S2s {
             header_to: None,
             sasl_done: false,
         };
-        let end = conn.run().await;
+        let end = if direct_tls {
+            match conn.tls_handshake().await {
+                Ok(()) => conn.run().await,
+                Err(e) => e,
+            }
+        } else {
+            conn.run().await
+        };
         match end {
             End::Error(cond, text) => {
                 info!(%peer, condition = cond, %text, "closing inbound stream with error");
@@ -135,12 +172,9 @@ impl S2s {
     }
 }
 
-async fn refuse(mut sock: TcpStream) {
+async fn refuse(mut sock: TcpStream, why: String) {
     let h = stream_header(ns::SERVER, None, None, Some(&random_id()), true);
-    let msg = format!(
-        "{h}{}",
-        stream_error("policy-violation", Some("too many connections"))
-    );
+    let msg = format!("{h}{}", stream_error("policy-violation", Some(&why)));
     let _ = tokio::time::timeout(
         std::time::Duration::from_secs(5),
         sock.write_all(msg.as_bytes()),
@@ -234,10 +268,12 @@ impl Inbound {
                     ns::SASL
                 ));
             }
-            f.push_str(&format!(
-                "<dialback xmlns='{}'><errors/></dialback>",
-                ns::DIALBACK_FEATURE
-            ));
+            if self.s2s.cfg.s2s.auth != S2sAuth::Certificate {
+                f.push_str(&format!(
+                    "<dialback xmlns='{}'><errors/></dialback>",
+                    ns::DIALBACK_FEATURE
+                ));
+            }
             f.push_str(&format!(
                 "<limits xmlns='{}'><max-bytes>{}</max-bytes><idle-seconds>{}</idle-seconds></limits>",
                 ns::STREAM_LIMITS,
@@ -254,7 +290,7 @@ impl Inbound {
     /// XEP-0178: EXTERNAL is offered once TLS is up and the peer's certificate is valid
     /// for the domain its stream header claims.
     fn external_possible(&self) -> bool {
-        if !self.tls || self.sasl_done {
+        if !self.tls || self.sasl_done || self.s2s.cfg.s2s.auth == S2sAuth::Dialback {
             return false;
         }
         match (&self.peer_chain, &self.header_from) {
@@ -296,6 +332,7 @@ impl Inbound {
             info!(peer = %self.peer, from = ?self.header_from, "SASL EXTERNAL refused");
             return self.write(&failure("not-authorized")).await;
         };
+        self.admit(&from).await?;
         self.write(&format!("<success xmlns='{}'/>", ns::SASL))
             .await?;
         info!(peer = %self.peer, %from, %to, tls = self.tls, "inbound stream authenticated (SASL EXTERNAL)");
@@ -310,12 +347,12 @@ impl Inbound {
     }
 
     async fn starttls(&mut self) -> Result<(), End> {
-        let Some(server) = self.s2s.tls.server.clone() else {
+        if self.s2s.tls.server.is_none() {
             return Err(End::Error(
                 "unsupported-feature",
                 "STARTTLS is not offered".into(),
             ));
-        };
+        }
         if self.tls {
             return Err(End::Error(
                 "policy-violation",
@@ -330,6 +367,18 @@ impl Inbound {
         }
         self.write(&format!("<proceed xmlns='{}'/>", ns::TLS))
             .await?;
+        self.tls_handshake().await
+    }
+
+    /// The server side of a TLS handshake on the current socket (after `<proceed/>`, or
+    /// at once on a direct TLS listener); records the peer's certificate chain.
+    async fn tls_handshake(&mut self) -> Result<(), End> {
+        let Some(server) = self.s2s.tls.server.clone() else {
+            return Err(End::Error(
+                "unsupported-feature",
+                "TLS is not configured here".into(),
+            ));
+        };
         // Swap the socket: take both halves back, handshake, split the TLS stream.
         let placeholder: BoxIo = Box::new(tokio::io::empty());
         let (pr, pw) = tokio::io::split(placeholder);
@@ -467,6 +516,7 @@ impl Inbound {
                 format!("{from_domain} is not authenticated to send to {to_domain} on this stream"),
             ));
         }
+        let registry = self.registry_mark(&from_domain).await?;
         let auth = if self
             .by_certificate
             .contains(&(from_domain.clone(), to_domain.clone()))
@@ -484,6 +534,7 @@ impl Inbound {
                 from_domain,
                 to_domain,
                 auth,
+                registry,
                 element: el,
             })
             .await
@@ -515,6 +566,20 @@ impl Inbound {
                 if self.s2s.cfg.is_local_domain(&from) {
                     return Err(End::Error("invalid-from", format!("{from} is served here")));
                 }
+                if self.s2s.cfg.s2s.auth == S2sAuth::Certificate {
+                    return Err(End::Error(
+                        "policy-violation",
+                        format!(
+                            "this server accepts only certificate authentication (SASL EXTERNAL, XEP-0178); dialback for {from} refused"
+                        ),
+                    ));
+                }
+                if !self.s2s.cfg.peer_allowed(&from) {
+                    return Err(End::Error(
+                        "policy-violation",
+                        format!("{from} is not allowed to connect here ([s2s] allow/deny)"),
+                    ));
+                }
                 if self.s2s.tls.mode == TlsMode::Required && !self.tls {
                     return Err(End::Error(
                         "policy-violation",
@@ -533,12 +598,24 @@ impl Inbound {
                 let s2s = self.s2s.clone();
                 let id = self.stream_id.clone();
                 let vtx = vtx.clone();
+                let ip = self.peer.ip();
                 tokio::spawn(async move {
                     let verdict = s2s
                         .verify_key(&to, &from, &id, &key)
                         .await
                         .map_err(|e| e.to_string());
-                    let _ = vtx.send(Verified { from, to, verdict }).await;
+                    let registry = match (&verdict, &s2s.registry) {
+                        (Ok(DbType::Valid), Some(r)) => Some(r.decide(&from, Some(ip)).await),
+                        _ => None,
+                    };
+                    let _ = vtx
+                        .send(Verified {
+                            from,
+                            to,
+                            verdict,
+                            registry,
+                        })
+                        .await;
                 });
                 Ok(())
             }
@@ -565,11 +642,55 @@ impl Inbound {
         }
     }
 
+    /// The checks after a domain proved who it is and before it may send: `[s2s]
+    /// allow`/`deny`, then the registry (XEP-MTA §22) under `require`.
+    async fn admit(&mut self, from: &str) -> Result<(), End> {
+        if !self.s2s.cfg.peer_allowed(from) {
+            return Err(End::Error(
+                "policy-violation",
+                format!("{from} is not allowed to connect here ([s2s] allow/deny)"),
+            ));
+        }
+        if let Some(r) = self.s2s.registry.clone()
+            && let Decision::Refuse(reason) = r.decide(from, Some(self.peer.ip())).await
+        {
+            return Err(End::Error("policy-violation", reason));
+        }
+        Ok(())
+    }
+
+    /// The registry's current answer for an authenticated domain (cached by the
+    /// registry's resolver for the answer's TTL): a refusal ends the stream, a lookup
+    /// failure marks the stanza so mail in it is deferred.
+    async fn registry_mark(&mut self, from: &str) -> Result<RegistryMark, End> {
+        let Some(r) = self.s2s.registry.clone() else {
+            return Ok(RegistryMark::None);
+        };
+        Ok(match r.decide(from, Some(self.peer.ip())).await {
+            Decision::Refuse(reason) => return Err(End::Error("policy-violation", reason)),
+            Decision::Defer(why) => RegistryMark::Deferred(why),
+            Decision::Accept(Some(tag)) => RegistryMark::Tag(tag),
+            Decision::Accept(None) => RegistryMark::None,
+        })
+    }
+
     async fn verified(&mut self, v: Verified) -> Result<(), End> {
         let pair = (v.from.clone(), v.to.clone());
         self.pending.remove(&pair);
         match v.verdict {
             Ok(DbType::Valid) => {
+                match v.registry {
+                    Some(Decision::Refuse(reason)) => {
+                        return Err(End::Error("policy-violation", reason));
+                    }
+                    Some(Decision::Accept(Some(tag))) => {
+                        info!(peer = %self.peer, from = %v.from, %tag, "registry admits peer")
+                    }
+                    Some(Decision::Defer(why)) => {
+                        info!(peer = %self.peer, from = %v.from, %why, "registry not answering; mail from this peer is deferred")
+                    }
+                    _ => {}
+                }
                 self.write(&dialback::result_answer(
                     &v.to,
                     &v.from,

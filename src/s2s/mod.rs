@@ -9,6 +9,10 @@
 //!
 //! The rule this module exists to enforce: a stanza reaches the rest of xmta only if its
 //! `from` domain was authenticated on the stream it arrived on.
+//!
+//! Who may authenticate is policy: `[s2s] auth` (certificate / dialback / either),
+//! `allow`/`deny`, `max_connections_per_ip`, and the registry of registered servers
+//! (`crate::registry`), asked once a domain is authenticated and applied to each stanza.
 
 mod component;
 pub mod dialback;
@@ -37,6 +41,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 pub type BoxIo = Box<dyn Io>;
 
 /// What inbound streams hand to the mail layer.
+// Nearly every event is a stanza; boxing it would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum InboundEvent {
     /// A stanza whose `from` domain is authenticated on stream `stream`.
@@ -47,6 +53,8 @@ pub enum InboundEvent {
         /// How `from_domain` was authenticated, for trace headers: "dialback",
         /// "dialback; TLS", or "component" (by the XMPP server xmta is a component of).
         auth: &'static str,
+        /// The registry's answer for `from_domain` (XEP-MTA §22).
+        registry: crate::registry::RegistryMark,
         element: Element,
     },
     /// The stream ended; state kept per stream (partial chunked mail) can go.
@@ -102,6 +110,10 @@ pub struct S2s {
     /// The XEP-0114 connection, in component mode.
     component: tokio::sync::Mutex<Option<Arc<OutboundConn>>>,
     component_up: tokio::sync::Notify,
+    /// The registry of registered servers, when `[registry] zone` is set.
+    pub(crate) registry: Option<Arc<crate::registry::Registry>>,
+    /// Inbound connections open per source address (`max_connections_per_ip`).
+    per_ip: std::sync::Mutex<HashMap<std::net::IpAddr, usize>>,
 }
 
 impl S2s {
@@ -113,6 +125,10 @@ impl S2s {
         let resolver = Resolver::new(&cfg)?;
         let tls = TlsContext::new(&cfg)?;
         let conn_limit = Arc::new(Semaphore::new(cfg.s2s.max_connections));
+        let registry = crate::registry::Registry::new(cfg.clone())?;
+        if let (Some(r), Ok(rt)) = (&registry, tokio::runtime::Handle::try_current()) {
+            rt.spawn(r.clone().probe());
+        }
         Ok(Arc::new(S2s {
             cfg,
             secret,
@@ -125,6 +141,8 @@ impl S2s {
             conn_limit,
             component: tokio::sync::Mutex::new(None),
             component_up: tokio::sync::Notify::new(),
+            registry,
+            per_ip: std::sync::Mutex::new(HashMap::new()),
         }))
     }
 
@@ -204,6 +222,41 @@ impl S2s {
             originating.to_string(),
             id.to_string(),
         ))
+    }
+}
+
+/// Counts one inbound connection from an address while alive
+/// (`[s2s] max_connections_per_ip`).
+pub(crate) struct IpSlot {
+    s2s: Arc<S2s>,
+    ip: std::net::IpAddr,
+}
+
+impl S2s {
+    /// A slot for one more connection from `ip`, or None when it has its maximum.
+    pub(crate) fn ip_slot(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<IpSlot> {
+        let mut map = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= self.cfg.s2s.max_connections_per_ip {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot {
+            s2s: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut map = self.s2s.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
     }
 }
 

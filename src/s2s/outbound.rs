@@ -20,7 +20,7 @@ use tracing::{debug, info, warn};
 
 use super::dialback::{self, DbType, Dialback};
 use super::{BoxIo, S2s, S2sError};
-use crate::config::TlsMode;
+use crate::config::{S2sAuth, TlsMode};
 use crate::xml::writer::stream_header;
 use crate::xml::{XmlReader, ns};
 
@@ -62,8 +62,24 @@ impl S2s {
                     Ok(Ok(tcp)) => {
                         let _ = tcp.set_nodelay(true);
                         let deadline = Instant::now() + self.cfg.handshake_timeout();
-                        return match timeout_at(deadline, self.negotiate(tcp, addr, local, remote))
-                            .await
+                        if target.direct_tls {
+                            // XEP-0368: a failed direct TLS target falls back to the next.
+                            match timeout_at(deadline, self.direct_tls(tcp, addr, local, remote))
+                                .await
+                            {
+                                Ok(Ok(n)) => return Ok(n),
+                                Ok(Err(e)) => last = format!("{addr} (direct TLS): {e}"),
+                                Err(_) => last = format!("{addr} (direct TLS): timed out"),
+                            }
+                            info!(remote, %addr, reason = %last, "direct TLS target failed; trying the next");
+                            continue;
+                        }
+                        let io: BoxIo = Box::new(tcp);
+                        return match timeout_at(
+                            deadline,
+                            self.negotiate(io, false, false, addr, local, remote),
+                        )
+                        .await
                         {
                             Ok(r) => r,
                             Err(_) => Err(S2sError::Timeout(remote.to_string())),
@@ -80,18 +96,53 @@ impl S2s {
         })
     }
 
-    async fn negotiate(
+    /// XEP-0368: TLS from the first byte (ALPN `xmpp-server`, SNI the remote domain),
+    /// then the stream as after STARTTLS.
+    async fn direct_tls(
         &self,
         tcp: TcpStream,
         peer: SocketAddr,
         local: &str,
         remote: &str,
     ) -> Result<Negotiated, S2sError> {
-        let io: BoxIo = Box::new(tcp);
+        let name =
+            ServerName::try_from(remote.to_string()).map_err(|e| S2sError::stream(remote, e))?;
+        let connector = tokio_rustls::TlsConnector::from(self.tls.client_direct.clone());
+        let stream = connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| S2sError::TlsRequired {
+                domain: remote.to_string(),
+                reason: format!("the TLS handshake failed: {e}"),
+            })?;
+        let cert_valid = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .map(|c| self.tls.chain_valid_for(c, remote))
+            .unwrap_or(false);
+        info!(
+            remote,
+            cert_valid,
+            direct = true,
+            "outgoing stream encrypted"
+        );
+        let io: BoxIo = Box::new(stream);
+        self.negotiate(io, true, cert_valid, peer, local, remote)
+            .await
+    }
+
+    async fn negotiate(
+        &self,
+        io: BoxIo,
+        mut tls: bool,
+        mut cert_valid: bool,
+        peer: SocketAddr,
+        local: &str,
+        remote: &str,
+    ) -> Result<Negotiated, S2sError> {
         let (r, mut w) = tokio::io::split(io);
         let mut reader = XmlReader::new(r, self.cfg.s2s.max_stanza_bytes);
-        let mut tls = false;
-        let mut cert_valid = false;
         let mut external = false;
         loop {
             let header = stream_header(ns::SERVER, Some(local), Some(remote), None, true);
@@ -191,7 +242,8 @@ impl S2s {
                 });
             }
             // XEP-0178: over TLS with our certificate, authenticate with SASL EXTERNAL
-            // where the peer offers it; dialback remains the fallback.
+            // where the peer offers it and its own certificate is valid for its domain
+            // (both sides authenticated by certificate); dialback remains the fallback.
             let offers_external = features
                 .as_ref()
                 .and_then(|f| f.get_child("mechanisms", ns::SASL))
@@ -200,7 +252,13 @@ impl S2s {
                         .any(|c| c.name() == "mechanism" && c.text().trim() == "EXTERNAL")
                 })
                 .unwrap_or(false);
-            if tls && !external && offers_external && self.tls.client_cert {
+            if tls
+                && cert_valid
+                && !external
+                && offers_external
+                && self.tls.client_cert
+                && self.cfg.s2s.auth != S2sAuth::Dialback
+            {
                 use base64::Engine;
                 let authzid = base64::engine::general_purpose::STANDARD.encode(local.as_bytes());
                 write(
@@ -254,6 +312,20 @@ impl S2s {
         remote: &str,
     ) -> Result<Arc<OutboundConn>, S2sError> {
         let n = self.open_stream(local, remote).await?;
+        if self.cfg.s2s.auth == S2sAuth::Certificate && !(n.external && n.cert_valid) {
+            let why = if !n.tls {
+                "the stream is not encrypted".to_string()
+            } else if !n.cert_valid {
+                format!("{remote}'s certificate is not valid for {remote}")
+            } else {
+                format!("{remote} did not accept our certificate (SASL EXTERNAL)")
+            };
+            return Err(S2sError::DialbackRefused {
+                domain: remote.to_string(),
+                local: local.to_string(),
+                reason: format!("[s2s] auth = \"certificate\" allows no dialback, and {why}"),
+            });
+        }
         let max_stanza = n
             .features
             .as_ref()
@@ -490,6 +562,13 @@ impl OutboundConn {
 
     /// Originating role: send our key for `local` and wait for the verdict.
     pub(crate) async fn authenticate(&self, s2s: &S2s, local: &str) -> Result<(), S2sError> {
+        if s2s.cfg.s2s.auth == S2sAuth::Certificate {
+            return Err(S2sError::DialbackRefused {
+                domain: self.remote.clone(),
+                local: local.to_string(),
+                reason: "[s2s] auth = \"certificate\" allows no dialback".into(),
+            });
+        }
         let key = s2s.secret.key(&self.remote, local, &self.stream_id);
         let (tx, rx) = oneshot::channel();
         self.pending

@@ -1,6 +1,9 @@
 //! Where to connect for a remote domain: `[s2s.routes]` first, then DNS per RFC 6120 §3.2
 //! (SRV `_xmpp-server._tcp` ordered by priority and weighted-random within a priority,
 //! RFC 2782), then the domain's own A/AAAA records on port 5269.
+//!
+//! Direct TLS (XEP-0368): `_xmpps-server._tcp` targets, when published and TLS is not
+//! off, are tried first (TLS from the first byte), then the STARTTLS targets.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,6 +31,8 @@ pub enum ResolveError {
 pub struct Target {
     pub host: String,
     pub port: u16,
+    /// From `_xmpps-server._tcp`: TLS at once, no STARTTLS (XEP-0368).
+    pub direct_tls: bool,
 }
 
 pub fn parse_host_port(s: &str) -> Option<(String, u16)> {
@@ -46,6 +51,8 @@ pub fn parse_host_port(s: &str) -> Option<(String, u16)> {
 pub struct Resolver {
     dns: Arc<TokioResolver>,
     routes: Arc<std::collections::BTreeMap<String, String>>,
+    /// Whether `_xmpps-server._tcp` is asked (TLS not off).
+    direct_tls: bool,
 }
 
 impl Resolver {
@@ -80,6 +87,7 @@ impl Resolver {
         Ok(Resolver {
             dns: Arc::new(dns),
             routes: Arc::new(config.s2s.routes.clone()),
+            direct_tls: config.s2s.tls != crate::config::TlsMode::Off,
         })
     }
 
@@ -88,34 +96,61 @@ impl Resolver {
         if let Some(route) = self.routes.get(domain)
             && let Some((host, port)) = parse_host_port(route)
         {
-            return Ok(vec![Target { host, port }]);
+            return Ok(vec![Target {
+                host,
+                port,
+                direct_tls: false,
+            }]);
+        }
+        let mut direct = Vec::new();
+        if self.direct_tls {
+            let name = format!("_xmpps-server._tcp.{domain}.");
+            match self.dns.srv_lookup(name.as_str()).await {
+                Ok(lookup) => {
+                    let records = srv_records(lookup.answers());
+                    if !(records.len() == 1 && records[0].3.is_empty()) {
+                        direct = order_srv(records, &mut rand::rng());
+                        for t in &mut direct {
+                            t.direct_tls = true;
+                        }
+                    }
+                }
+                // A failed xmpps lookup only loses the preference; STARTTLS remains.
+                Err(e) if e.is_no_records_found() || e.is_nx_domain() => {}
+                Err(e) => tracing::debug!(%name, error = %e, "xmpps SRV lookup failed"),
+            }
         }
         let srv_name = format!("_xmpp-server._tcp.{domain}.");
         match self.dns.srv_lookup(srv_name.as_str()).await {
             Ok(lookup) => {
-                let mut records = Vec::new();
-                for r in lookup.answers() {
-                    if let RData::SRV(srv) = &r.data {
-                        let target = srv.target.to_ascii();
-                        let target = target.trim_end_matches('.').to_string();
-                        records.push((srv.priority, srv.weight, srv.port, target));
-                    }
-                }
+                let records = srv_records(lookup.answers());
                 if records.len() == 1 && records[0].3.is_empty() {
+                    if !direct.is_empty() {
+                        return Ok(direct);
+                    }
                     return Err(ResolveError::Refused(domain.to_string()));
                 }
                 if !records.is_empty() {
-                    return Ok(order_srv(records, &mut rand::rng()));
+                    direct.extend(order_srv(records, &mut rand::rng()));
+                    return Ok(direct);
                 }
             }
             Err(e) if e.is_no_records_found() || e.is_nx_domain() => {}
+            Err(e) if !direct.is_empty() => {
+                tracing::debug!(%srv_name, error = %e, "SRV lookup failed; direct TLS targets only");
+                return Ok(direct);
+            }
             Err(e) => return Err(ResolveError::Dns(srv_name, e.to_string())),
+        }
+        if !direct.is_empty() {
+            return Ok(direct);
         }
         // No SRV: the domain itself on the default port (RFC 6120 §3.2.2).
         match self.dns.lookup_ip(format!("{domain}.").as_str()).await {
             Ok(ips) if ips.iter().next().is_some() => Ok(vec![Target {
                 host: domain.to_string(),
                 port: 5269,
+                direct_tls: false,
             }]),
             Ok(_) => Err(ResolveError::NotFound(domain.to_string())),
             Err(e) if e.is_no_records_found() || e.is_nx_domain() => {
@@ -140,6 +175,19 @@ impl Resolver {
             .map(|ip| SocketAddr::new(ip, target.port))
             .collect())
     }
+}
+
+/// (priority, weight, port, target) of the SRV records in an answer.
+fn srv_records(answers: &[hickory_resolver::proto::rr::Record]) -> Vec<(u16, u16, u16, String)> {
+    let mut records = Vec::new();
+    for r in answers {
+        if let RData::SRV(srv) = &r.data {
+            let target = srv.target.to_ascii();
+            let target = target.trim_end_matches('.').to_string();
+            records.push((srv.priority, srv.weight, srv.port, target));
+        }
+    }
+    records
 }
 
 /// RFC 2782 ordering: ascending priority; within a priority, repeatedly pick a record
@@ -180,6 +228,7 @@ pub fn order_srv(mut records: Vec<(u16, u16, u16, String)>, rng: &mut impl Rng) 
             out.push(Target {
                 host: r.3,
                 port: r.2,
+                direct_tls: false,
             });
         }
     }

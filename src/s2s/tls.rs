@@ -34,6 +34,8 @@ pub struct TlsContext {
     pub server: Option<Arc<ServerConfig>>,
     /// Used for outbound STARTTLS.
     pub client: Arc<ClientConfig>,
+    /// The same for outbound direct TLS (XEP-0368), with ALPN `xmpp-server`.
+    pub client_direct: Arc<ClientConfig>,
     /// Verifies a peer chain after the handshake, to record whether it was valid.
     pub verifier: Arc<WebPkiServerVerifier>,
     /// Whether our own certificate is presented as a client certificate on outbound
@@ -122,11 +124,14 @@ impl TlsContext {
                 .map_err(|e| TlsError::Setup(format!("client certificate: {e}")))?,
             None => wants_cert.with_no_client_auth(),
         };
+        let mut direct = client.clone();
+        direct.alpn_protocols = vec![b"xmpp-server".to_vec()];
         Ok(TlsContext {
             mode: config.s2s.tls,
             client_cert: server.is_some(),
             server,
             client: Arc::new(client),
+            client_direct: Arc::new(direct),
             verifier,
         })
     }
