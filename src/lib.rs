@@ -8,7 +8,8 @@
 //! - `mta`: the mail-over-XMPP protocol of `xep-drafts/` (payload, receiving side).
 //! - `delivery`: submission, the outbound queue, retries, bounces.
 //! - `store`: the durable redb store (mailboxes, queue, users, duplicate memory).
-//! - `smtp`: SMTP (MX role) and LMTP listeners.
+//! - `smtp`: SMTP (MX role), submission and LMTP listeners.
+//! - `known_domains`: domains known to send mail over XMPP (SMTP downgrade protection).
 //! - `server`, `admin`, `cli`: running it and talking to it.
 
 pub mod addr;
@@ -16,6 +17,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod delivery;
+pub mod known_domains;
 pub mod mta;
 pub mod s2s;
 pub mod server;
