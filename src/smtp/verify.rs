@@ -123,18 +123,15 @@ impl Verifier {
         for d in &dkim {
             results.push(("dkim", dkim_name(d.result()).to_string()));
         }
-        let dmarc_pass =
-            dmarc.dkim_result() == &DmarcResult::Pass || dmarc.spf_result() == &DmarcResult::Pass;
-        let dmarc_none =
-            dmarc.dkim_result() == &DmarcResult::None && dmarc.spf_result() == &DmarcResult::None;
+        let dmarc_result = dmarc.result();
         results.push((
             "dmarc",
-            if dmarc_pass {
-                "pass"
-            } else if dmarc_none {
-                "none"
-            } else {
-                "fail"
+            match &dmarc_result {
+                DmarcResult::Pass => "pass",
+                DmarcResult::Fail(_) => "fail",
+                DmarcResult::TempError(_) => "temperror",
+                DmarcResult::PermError(_) => "permerror",
+                DmarcResult::None => "none",
             }
             .to_string(),
         ));
@@ -155,7 +152,8 @@ impl Verifier {
         Verdict {
             results,
             value,
-            dmarc_reject: !dmarc_pass && !dmarc_none && dmarc.policy() == Policy::Reject,
+            dmarc_reject: matches!(dmarc_result, DmarcResult::Fail(_))
+                && dmarc.policy() == Policy::Reject,
         }
     }
 }

@@ -7,6 +7,7 @@
 pub mod c2s;
 pub mod ejabberd;
 pub mod prosody;
+pub mod smtp;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
