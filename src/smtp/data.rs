@@ -28,6 +28,9 @@ pub struct DataReader {
     bare: bool,
     long: bool,
     too_big: bool,
+    /// The previous line ended in CRLF (the DATA command's did), so a "." line now
+    /// completes CRLF . CRLF.
+    prev_crlf: bool,
 }
 
 impl DataReader {
@@ -38,17 +41,20 @@ impl DataReader {
             bare: false,
             long: false,
             too_big: false,
+            prev_crlf: true,
         }
     }
 
-    /// A line longer than the line limit was read and dropped.
-    pub fn long_line(&mut self) {
+    /// A line longer than the line limit was read and dropped; `tail` is its last bytes.
+    pub fn long_line(&mut self, tail: &[u8]) {
         self.long = true;
+        self.prev_crlf = tail.ends_with(b"\r\n");
     }
 
     /// Takes one line; returns true when it was the end-of-data line.
     pub fn line(&mut self, line: &[u8]) -> bool {
-        if line == b".\r\n" {
+        let prev_crlf = std::mem::replace(&mut self.prev_crlf, line.ends_with(b"\r\n"));
+        if line == b".\r\n" && prev_crlf {
             return true;
         }
         let Some(text) = line.strip_suffix(b"\r\n") else {
@@ -118,12 +124,13 @@ mod tests {
             b"a\n.\nMAIL FROM:<x@y>\r\n",
             b"a\r\n\r.\r\nMAIL FROM:<x@y>\r\n",
             b"a\r.\r\nb\r\n",
+            b"a\n.\r\nMAIL FROM:<x@y>\r\n",
         ] {
             let (end, m) = feed(bad);
             assert!(!end, "{:?}", String::from_utf8_lossy(bad));
             assert_eq!(m, Err(DataProblem::BareLineEnd));
         }
-        let (end, m) = feed(b"a\n.\r\n");
+        let (end, m) = feed(b"a\nb\r\n.\r\n");
         assert!(end);
         assert_eq!(m, Err(DataProblem::BareLineEnd));
     }

@@ -251,8 +251,9 @@ impl Session {
     }
 
     /// Reads one line (up to LF) into `out`; returns whether it was longer than `max` (the
-    /// rest of the line is then consumed and dropped). Pending replies are flushed before
-    /// waiting for input, so pipelined replies go out together (RFC 2920).
+    /// rest of the line is then consumed and dropped, and `out` holds its last two bytes).
+    /// Pending replies are flushed before waiting for input, so pipelined replies go out
+    /// together (RFC 2920).
     async fn read_line(
         &self,
         r: &mut Io,
@@ -275,13 +276,13 @@ impl Session {
                 Some(p) => (p + 1, true),
                 None => (buf.len(), false),
             };
-            if !too_long {
-                if out.len() + n > max {
-                    too_long = true;
-                    out.clear();
-                } else {
-                    out.extend_from_slice(&buf[..n]);
-                }
+            if !too_long && out.len() + n > max {
+                too_long = true;
+            }
+            out.extend_from_slice(&buf[..n]);
+            if too_long {
+                let keep = out.len().saturating_sub(2);
+                out.drain(..keep);
             }
             r.consume(n);
             if done {
@@ -651,7 +652,7 @@ impl Session {
                 .read_line(io, &mut line, cfg.smtp.max_line_bytes)
                 .await?
             {
-                reader.long_line();
+                reader.long_line(&line);
                 continue;
             }
             if reader.line(&line) {
