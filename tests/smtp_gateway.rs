@@ -300,11 +300,30 @@ fn spf_dkim_dmarc_recorded() {
         .replace("Subject: signed", "Subject: altered");
     let out = send(&a, mx, "news@sig.test", altered.as_bytes(), "altered.eml");
     assert!(out.contains("result {}"), "{out}");
+    // A forged result under our authserv-id is removed; another server's is kept.
+    let forged = [
+        &b"Authentication-Results: a.test; dkim=pass header.d=bank.test\r\nAuthentication-Results: relay.example; spf=pass\r\n"[..],
+        &m,
+    ]
+    .concat();
+    let out = send(&a, mx, "news@sig.test", &forged, "forged.eml");
+    assert!(out.contains("result {}"), "{out}");
     // Altered and from an envelope domain whose SPF fails: DMARC fails, recorded only.
     let out = send(&a, mx, "x@other.test", altered.as_bytes(), "altered2.eml");
     assert!(out.contains("result {}"), "{out}");
     let boxed = a.mailbox("alice@a.test");
-    assert_eq!(boxed.len(), 3);
+    assert_eq!(boxed.len(), 4);
+    let f = String::from_utf8_lossy(&a.show("alice@a.test", boxed[2].uid)).into_owned();
+    assert!(!f.contains("bank.test"), "{f}");
+    assert!(
+        f.contains("\r\nAuthentication-Results: relay.example; spf=pass\r\n"),
+        "{f}"
+    );
+    assert_eq!(
+        f.matches("Authentication-Results: a.test;").count(),
+        1,
+        "{f}"
+    );
     let header = |uid: u32| {
         let got = a.show("alice@a.test", uid);
         let text = String::from_utf8_lossy(&got).into_owned();
@@ -330,7 +349,7 @@ fn spf_dkim_dmarc_recorded() {
     assert!(h2.contains("dkim=fail"), "{h2}");
     assert!(h2.contains("spf=pass"), "{h2}");
     assert!(h2.contains("dmarc=pass"), "{h2}");
-    let h3 = header(boxed[2].uid);
+    let h3 = header(boxed[3].uid);
     assert!(h3.contains("dkim=fail"), "{h3}");
     assert!(h3.contains("spf=fail"), "{h3}");
     assert!(h3.contains("dmarc=fail"), "{h3}");

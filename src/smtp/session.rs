@@ -705,6 +705,30 @@ impl Session {
                 ));
             }
         }
+        let mut message = message;
+        if self.mode == Mode::Submission {
+            // RFC 6409 §8.1, §8.3: the MSA adds a missing Date and Message-ID.
+            let domain = self
+                .user
+                .as_deref()
+                .and_then(|u| u.rsplit_once('@'))
+                .map(|(_, d)| d.to_string())
+                .unwrap_or_else(|| cfg.smtp_hostname().to_string());
+            message =
+                match crate::delivery::submit::complete_headers(message, &domain, crate::now()) {
+                    Ok(m) => m,
+                    Err(_) => {
+                        return Ok(reply(550, "5.6.0", "not an RFC 5322 message (no header)"));
+                    }
+                };
+        }
+        if self.untrusted_mx() || self.mode == Mode::Submission {
+            let (m, n) = super::verify::strip_own_results(message, cfg.smtp_hostname());
+            if n > 0 {
+                info!(peer = %self.peer, removed = n, "removed Authentication-Results claiming our name");
+            }
+            message = m;
+        }
         let id = crate::new_mail_id();
         let mut trace = String::new();
         let mut results: Vec<String> = Vec::new();

@@ -180,3 +180,86 @@ fn dkim_name(r: &DkimResult) -> &'static str {
         DkimResult::None => "none",
     }
 }
+
+/// Removes Authentication-Results fields that claim our authserv-id from a message coming
+/// in from outside (RFC 8601 §5): only this server writes those, and a client could
+/// otherwise forge a `dkim=pass` for the reader. Returns the message and how many fields
+/// were removed; other bytes are untouched.
+pub fn strip_own_results(message: Vec<u8>, authserv_id: &str) -> (Vec<u8>, usize) {
+    let mut fields: Vec<(usize, usize)> = Vec::new();
+    let mut i = 0;
+    let mut current: Option<usize> = None;
+    let mut removed = Vec::new();
+    while i < message.len() {
+        let end = message[i..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map(|p| i + p + 1)
+            .unwrap_or(message.len());
+        let line = &message[i..end];
+        let continuation = matches!(line.first(), Some(b' ' | b'\t'));
+        if !continuation {
+            if let Some(start) = current.take() {
+                fields.push((start, i));
+            }
+            if line == b"\r\n" || line == b"\n" {
+                break;
+            }
+            current = Some(i);
+        }
+        i = end;
+    }
+    if let Some(start) = current {
+        fields.push((start, i));
+    }
+    for (start, end) in fields {
+        let field = &message[start..end];
+        let Some(colon) = field.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        if !field[..colon]
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"authentication-results")
+        {
+            continue;
+        }
+        let value = field[colon + 1..].trim_ascii_start();
+        let id_end = value
+            .iter()
+            .position(|&b| b == b';' || b.is_ascii_whitespace())
+            .unwrap_or(value.len());
+        if value[..id_end].eq_ignore_ascii_case(authserv_id.as_bytes()) {
+            removed.push((start, end));
+        }
+    }
+    if removed.is_empty() {
+        return (message, 0);
+    }
+    let n = removed.len();
+    let mut out = Vec::with_capacity(message.len());
+    let mut at = 0;
+    for (start, end) in removed {
+        out.extend_from_slice(&message[at..start]);
+        at = end;
+    }
+    out.extend_from_slice(&message[at..]);
+    (out, n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_own_results;
+
+    #[test]
+    fn strips_only_our_results_in_the_header() {
+        let m = b"Authentication-Results: MX.Example; dkim=pass\r\n header.d=x\r\nAuthentication-Results: other.example; spf=pass\r\nSubject: s\r\nauthentication-results:mx.example;none\r\n\r\nAuthentication-Results: mx.example; body\r\n".to_vec();
+        let (out, n) = strip_own_results(m, "mx.example");
+        assert_eq!(n, 2);
+        assert_eq!(
+            out,
+            b"Authentication-Results: other.example; spf=pass\r\nSubject: s\r\n\r\nAuthentication-Results: mx.example; body\r\n"
+        );
+        let m = b"Subject: s\r\n\r\nb\r\n".to_vec();
+        assert_eq!(strip_own_results(m.clone(), "mx.example"), (m, 0));
+    }
+}
