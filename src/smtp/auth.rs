@@ -60,13 +60,11 @@ pub async fn check_password(store: &Store, user: &str, password: &str) -> Option
         Some(c) => store.user(c).ok().flatten(),
         None => None,
     };
-    let hash = match &record {
-        Some(r) => r.password_hash.clone(),
-        None => DUMMY_HASH.clone(),
-    };
+    let hash = record.as_ref().map(|r| r.password_hash.clone());
     let pw = password.to_string();
     let ok = tokio::task::spawn_blocking(move || {
         use argon2::password_hash::{PasswordHash, PasswordVerifier};
+        let hash = hash.unwrap_or_else(|| DUMMY_HASH.clone());
         PasswordHash::new(&hash)
             .map(|h| {
                 argon2::Argon2::default()

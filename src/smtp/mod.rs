@@ -16,6 +16,8 @@
 //! DMARC), [`downgrade`] (mail that should have come over XMPP).
 //!
 //! Policies, where the RFCs leave a choice:
+//! - Clients in `trusted_networks` on the MX listener (a local Postfix, a relay) are not
+//!   verified or checked for downgrades: their mail was checked where it entered.
 //! - STARTTLS (RFC 3207): after the TLS handshake all session state is forgotten (EHLO
 //!   again, no AUTH, no transaction); anything the client pipelined after STARTTLS in the
 //!   clear is discarded unread (the CVE-2011-0411 command injection).
@@ -81,8 +83,15 @@ pub struct Shared {
 impl Shared {
     pub fn new(cfg: &Config) -> Result<Shared, String> {
         let tls = tls::acceptor(cfg).map_err(|e| format!("smtp TLS: {e}"))?;
+        // Without a usable resolver mail is still accepted, only not verified.
         let verifier = if cfg.smtp.verify && !cfg.smtp.listen.is_empty() {
-            Some(verify::Verifier::new(cfg).map_err(|e| format!("smtp verify: {e}"))?)
+            match verify::Verifier::new(cfg) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    warn!(error = %e, "smtp: SPF/DKIM/DMARC verification disabled");
+                    None
+                }
+            }
         } else {
             None
         };

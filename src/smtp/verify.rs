@@ -42,7 +42,9 @@ impl Verifier {
         opts.timeout = Duration::from_secs(3);
         opts.attempts = 2;
         let auth = if cfg.dns.nameservers.is_empty() {
-            MessageAuthenticator::new_system_conf().map_err(|e| format!("system resolver: {e}"))?
+            let (conf, _) = hickory_resolver::system_conf::read_system_conf()
+                .map_err(|e| format!("system resolver: {e}"))?;
+            MessageAuthenticator::new(conf, opts).map_err(|e| format!("resolver set-up: {e}"))?
         } else {
             let servers = cfg
                 .dns
