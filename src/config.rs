@@ -776,6 +776,29 @@ mod tests {
     }
 
     #[test]
+    fn smtp_keys_checked() {
+        let base = "[server]\ndomains=['a.test']\n[smtp]\n";
+        let c = Config::parse(base, "x.toml").expect("defaults");
+        assert!(c.smtp.verify);
+        assert_eq!(c.smtp.downgrade, DowngradePolicy::Refuse);
+        assert_eq!(c.smtp.max_line_bytes, 65_536);
+        for (bad, key) in [
+            ("max_line_bytes = 999\n", "smtp.max_line_bytes"),
+            ("downgrade = 'sometimes'\n", "downgrade"),
+            ("auth_max_failures = 0\n", "smtp.auth_max_failures"),
+            ("max_errors = 0\n", "smtp.max_errors"),
+            (
+                "cert = '/nonexistent.pem'\nkey = '/nonexistent.key'\n",
+                "smtp.cert",
+            ),
+            ("cert = '/nonexistent.pem'\n", "smtp.cert"),
+        ] {
+            let e = Config::parse(&format!("{base}{bad}"), "x.toml").unwrap_err();
+            assert!(e.to_string().contains(key), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn cidr() {
         let n = parse_cidr("127.0.0.80/32").unwrap();
         assert!(cidr_contains(n, "127.0.0.80".parse().unwrap()));

@@ -466,3 +466,38 @@ fn downgrade_tagged() {
     );
     assert!(got.ends_with(&m));
 }
+
+/// A domain whose service discovery announced urn:xmpp:mta:0 (learnt when we send it mail)
+/// is refused over SMTP afterwards.
+#[test]
+fn downgrade_refused_after_disco() {
+    let ip = "127.0.0.129";
+    let mx = free_port(ip);
+    let extra = format!(
+        "[smtp]\nlisten = [\"{ip}:{mx}\"]\ntrusted_networks = [\"127.0.0.99/32\"]\nverify = false\n"
+    );
+    let (mut a, mut b) = pair(ip, ip, &extra, "");
+    a.start();
+    b.start();
+    a.add_user("alice@a.test");
+    b.add_user("bob@b.test");
+    let addr: std::net::SocketAddr = format!("{ip}:{mx}").parse().expect("addr");
+    let m = message("bob@b.test", "alice@a.test", "smtp-before", "x");
+    let (code, end) = try_send(addr, "bob@b.test", &m);
+    assert_eq!((code, end.map(|e| e.0)), (250, Some(250)));
+    a.send(
+        "alice@a.test",
+        &["bob@b.test"],
+        &message("alice@a.test", "bob@b.test", "to-bob", "x"),
+    );
+    b.wait_for("alice's mail", 30, || b.mailbox("bob@b.test").len() == 1);
+    let mut s = SmtpRaw::connect(addr);
+    s.cmd("EHLO mta.elsewhere.example");
+    let (code, text) = s.cmd("MAIL FROM:<bob@b.test>");
+    assert_eq!(code, 550, "{text}");
+    assert!(
+        text.contains("5.7.1 b.test announces urn:xmpp:mta:0"),
+        "{text}"
+    );
+    assert_eq!(a.mailbox("alice@a.test").len(), 1);
+}
