@@ -227,6 +227,60 @@ pub struct SmtpConfig {
     /// The name in the greeting and in Received headers; the first mail domain by default.
     #[serde(default)]
     pub hostname: Option<String>,
+    /// Submission listeners (RFC 6409, port 587 style): AUTH required, STARTTLS offered.
+    #[serde(default)]
+    pub submission: Vec<SocketAddr>,
+    /// PEM certificate chain and key for STARTTLS on the SMTP and submission listeners;
+    /// `s2s.cert`/`s2s.key` when unset. Without either, STARTTLS is not offered.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// Allow AUTH without TLS on submission when the client connects from a loopback address.
+    #[serde(default)]
+    pub submission_plaintext_loopback: bool,
+    /// Failed AUTH attempts a client address may make within `auth_failure_window_secs`;
+    /// beyond that AUTH answers `454 4.7.0` (and the connection gets `421 4.7.0`).
+    #[serde(default = "default_auth_max_failures")]
+    pub auth_max_failures: u32,
+    #[serde(default = "default_auth_window")]
+    pub auth_failure_window_secs: u64,
+    /// Delay before answering a failed AUTH (slows guessing down).
+    #[serde(default = "default_auth_delay")]
+    pub auth_failure_delay_ms: u64,
+    /// Verify SPF, DKIM and DMARC of mail from untrusted clients on the MX listeners and
+    /// record the results in an Authentication-Results header (RFC 8601).
+    #[serde(default = "default_true")]
+    pub verify: bool,
+    /// Refuse (550 5.7.1) mail whose DMARC result is fail under a p=reject policy.
+    #[serde(default)]
+    pub dmarc_reject: bool,
+    /// Upper bound for all DNS look-ups of one message's verification.
+    #[serde(default = "default_verify_timeout")]
+    pub verify_timeout_secs: u64,
+    /// Mail over SMTP (MX role, untrusted client) claiming a sender domain known to send
+    /// mail over XMPP: "refuse" (550 5.7.1), "tag" (X-Xmta-Downgrade header) or "off".
+    #[serde(default = "default_downgrade")]
+    pub downgrade: DowngradePolicy,
+    /// Longest text line accepted in DATA, CRLF included; a message with a longer line is
+    /// refused whole with `554 5.5.2` (never split or truncated).
+    #[serde(default = "default_max_line")]
+    pub max_line_bytes: usize,
+    /// Wait this long before the greeting; a client that talks first gets `554 5.5.1`.
+    #[serde(default)]
+    pub greeting_delay_ms: u64,
+    /// Refused commands (5xx) one session may make before it is closed with `421 4.7.0`.
+    #[serde(default = "default_max_errors")]
+    pub max_errors: u32,
+}
+
+/// What to do with SMTP mail that should have come over XMPP (see `smtp.downgrade`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DowngradePolicy {
+    Refuse,
+    Tag,
+    Off,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -309,6 +363,30 @@ fn default_smtp_max_connections() -> usize {
 fn default_smtp_idle() -> u64 {
     300
 }
+fn default_auth_max_failures() -> u32 {
+    5
+}
+fn default_auth_window() -> u64 {
+    300
+}
+fn default_auth_delay() -> u64 {
+    1000
+}
+fn default_true() -> bool {
+    true
+}
+fn default_verify_timeout() -> u64 {
+    20
+}
+fn default_downgrade() -> DowngradePolicy {
+    DowngradePolicy::Refuse
+}
+fn default_max_line() -> usize {
+    65_536
+}
+fn default_max_errors() -> u32 {
+    20
+}
 fn default_log_level() -> String {
     "info".into()
 }
@@ -365,6 +443,20 @@ impl Default for SmtpConfig {
             max_connections: default_smtp_max_connections(),
             idle_timeout_secs: default_smtp_idle(),
             hostname: None,
+            submission: Vec::new(),
+            cert: None,
+            key: None,
+            submission_plaintext_loopback: false,
+            auth_max_failures: default_auth_max_failures(),
+            auth_failure_window_secs: default_auth_window(),
+            auth_failure_delay_ms: default_auth_delay(),
+            verify: true,
+            dmarc_reject: false,
+            verify_timeout_secs: default_verify_timeout(),
+            downgrade: default_downgrade(),
+            max_line_bytes: default_max_line(),
+            greeting_delay_ms: 0,
+            max_errors: default_max_errors(),
         }
     }
 }
@@ -614,11 +706,59 @@ impl Config {
         }
         self.validate_s2s_policy()?;
         self.validate_registry()?;
+        self.validate_smtp_extra()?;
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(self.invalid(
                 "log.level",
                 format!("`{}` is not a log filter", self.log.level),
             ));
+        }
+        Ok(())
+    }
+
+    /// Checks of the STARTTLS, submission, verification and limit keys of `[smtp]`.
+    fn validate_smtp_extra(&self) -> Result<(), ConfigError> {
+        if self.smtp.cert.is_some() != self.smtp.key.is_some() {
+            return Err(self.invalid(
+                "smtp.cert",
+                "`cert` and `key` go together: set both or neither",
+            ));
+        }
+        for (k, p) in [("smtp.cert", &self.smtp.cert), ("smtp.key", &self.smtp.key)] {
+            if let Some(p) = p
+                && !p.is_file()
+            {
+                return Err(self.invalid(k, format!("{} is not a readable file", p.display())));
+            }
+        }
+        for a in &self.smtp.submission {
+            if self.smtp.listen.contains(a) || self.smtp.lmtp == Some(*a) {
+                return Err(self.invalid(
+                    "smtp.submission",
+                    format!(
+                        "{a} is also an SMTP or LMTP listener; one address serves one protocol"
+                    ),
+                ));
+            }
+        }
+        if self.smtp.auth_max_failures == 0 || self.smtp.auth_failure_window_secs == 0 {
+            return Err(self.invalid(
+                "smtp.auth_max_failures",
+                "auth_max_failures and auth_failure_window_secs must be at least 1",
+            ));
+        }
+        if self.smtp.verify_timeout_secs == 0 {
+            return Err(self.invalid("smtp.verify_timeout_secs", "must be at least 1"));
+        }
+        // RFC 5321 §4.5.3.1.6: every receiver must take 1000-octet lines.
+        if self.smtp.max_line_bytes < 1000 {
+            return Err(self.invalid("smtp.max_line_bytes", "must be at least 1000"));
+        }
+        if self.smtp.max_errors == 0 {
+            return Err(self.invalid("smtp.max_errors", "must be at least 1"));
+        }
+        if self.smtp.greeting_delay_ms > 60_000 {
+            return Err(self.invalid("smtp.greeting_delay_ms", "must be at most 60000"));
         }
         Ok(())
     }
@@ -902,6 +1042,29 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("smtp.trusted_networks"), "{e}");
+    }
+
+    #[test]
+    fn smtp_keys_checked() {
+        let base = "[server]\ndomains=['a.test']\n[smtp]\n";
+        let c = Config::parse(base, "x.toml").expect("defaults");
+        assert!(c.smtp.verify);
+        assert_eq!(c.smtp.downgrade, DowngradePolicy::Refuse);
+        assert_eq!(c.smtp.max_line_bytes, 65_536);
+        for (bad, key) in [
+            ("max_line_bytes = 999\n", "smtp.max_line_bytes"),
+            ("downgrade = 'sometimes'\n", "downgrade"),
+            ("auth_max_failures = 0\n", "smtp.auth_max_failures"),
+            ("max_errors = 0\n", "smtp.max_errors"),
+            (
+                "cert = '/nonexistent.pem'\nkey = '/nonexistent.key'\n",
+                "smtp.cert",
+            ),
+            ("cert = '/nonexistent.pem'\n", "smtp.cert"),
+        ] {
+            let e = Config::parse(&format!("{base}{bad}"), "x.toml").unwrap_err();
+            assert!(e.to_string().contains(key), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -8,8 +8,9 @@
 //! - `mta`: the mail-over-XMPP protocol of `xep-drafts/` (payload, receiving side).
 //! - `delivery`: submission, the outbound queue, retries, bounces.
 //! - `store`: the durable redb store (mailboxes, queue, users, duplicate memory).
-//! - `smtp`: SMTP (MX role) and LMTP listeners.
 //! - `registry`: registered servers (RFC 5782-style DNS zone) asked for authenticated peers.
+//! - `smtp`: SMTP (MX role), submission and LMTP listeners.
+//! - `known_domains`: domains known to send mail over XMPP (SMTP downgrade protection).
 //! - `server`, `admin`, `cli`: running it and talking to it.
 
 pub mod addr;
@@ -17,6 +18,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod delivery;
+pub mod known_domains;
 pub mod mta;
 pub mod registry;
 pub mod s2s;

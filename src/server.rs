@@ -31,6 +31,8 @@ pub enum ServeError {
     S2s(String),
     #[error("cannot listen on {0}: {1}")]
     Listen(String, String),
+    #[error("smtp set-up: {0}")]
+    Smtp(String),
     #[error("admin socket {0}: {1}")]
     Admin(String, String),
 }
@@ -97,6 +99,12 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
             .map_err(|e| ServeError::Listen(addr.to_string(), e.to_string()))?;
         smtp_listeners.push((l, crate::smtp::Mode::Smtp));
     }
+    for addr in &cfg.smtp.submission {
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|e| ServeError::Listen(addr.to_string(), e.to_string()))?;
+        smtp_listeners.push((l, crate::smtp::Mode::Submission));
+    }
     if let Some(addr) = &cfg.smtp.lmtp {
         let l = TcpListener::bind(addr)
             .await
@@ -113,9 +121,11 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         tokio::spawn(s2s.clone().serve_direct_tls(l));
     }
     let smtp_slots = Arc::new(tokio::sync::Semaphore::new(cfg.smtp.max_connections));
+    let smtp_shared = Arc::new(crate::smtp::Shared::new(&cfg).map_err(ServeError::Smtp)?);
     for (l, mode) in smtp_listeners {
         tokio::spawn(crate::smtp::serve(
             core.clone(),
+            smtp_shared.clone(),
             l,
             mode,
             smtp_slots.clone(),
@@ -131,6 +141,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         domains = ?cfg.server.domains,
         s2s = ?cfg.s2s.listen,
         smtp = ?cfg.smtp.listen,
+        submission = ?cfg.smtp.submission,
         lmtp = ?cfg.smtp.lmtp,
         admin = %cfg.admin_socket().display(),
         "xmta ready"

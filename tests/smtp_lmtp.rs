@@ -196,7 +196,7 @@ s.quit()
 fn smtp_mx() {
     let port = free_port("127.0.0.84");
     let extra = format!(
-        "[smtp]\nlisten = [\"127.0.0.84:{port}\"]\ntrusted_networks = [\"127.0.0.85/32\"]\n"
+        "[smtp]\nlisten = [\"127.0.0.84:{port}\"]\ntrusted_networks = [\"127.0.0.85/32\"]\nverify = false\n"
     );
     let mut a = Xmta::new(Spec {
         domain: "a.test",

@@ -189,6 +189,9 @@ impl Delivery {
                 })
                 .unwrap_or(false);
         info!(domain, mail_over_xmpp = yes, "service discovery");
+        if yes {
+            crate::known_domains::learn(domain, crate::known_domains::Evidence::Disco);
+        }
         lock(&self.disco).insert(domain.to_string(), (yes, Instant::now()));
         Ok(yes)
     }

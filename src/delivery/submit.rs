@@ -298,7 +298,7 @@ pub async fn accept(
 }
 
 /// Adds Date and Message-ID when the submitter left them out (RFC 6409 §8), as sendmail does.
-fn complete_headers(message: Vec<u8>, domain: &str, now: i64) -> Result<Vec<u8>, SubmitError> {
+pub fn complete_headers(message: Vec<u8>, domain: &str, now: i64) -> Result<Vec<u8>, SubmitError> {
     let end = find_header_end(&message).ok_or(SubmitError::NotAMessage)?;
     let head = &message[..end];
     let has = |name: &str| {

@@ -8,6 +8,7 @@ pub mod c2s;
 pub mod ejabberd;
 pub mod prosody;
 pub mod registry;
+pub mod smtp;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
