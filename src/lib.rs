@@ -17,6 +17,7 @@ pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod mta;
+pub mod postfix;
 pub mod s2s;
 pub mod server;
 pub mod smtp;

@@ -6,7 +6,10 @@
 //! absorbs (XEP-MTA §11).
 
 pub mod dsn;
+pub mod local;
 pub mod queue;
+pub mod route;
+pub mod smtp_client;
 pub mod submit;
 
 pub use queue::Delivery;

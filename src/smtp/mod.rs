@@ -29,7 +29,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
-use crate::delivery::submit::{Inbound, RcptRefusal, Route, accept, route_rcpt};
+use crate::delivery::submit::{Inbound, RcptRefusal, Route, accept_with, route_rcpt};
 use crate::server::Core;
 
 /// Longest command line, CRLF included (RFC 5321 §4.5.3.1.4).
@@ -440,7 +440,15 @@ impl Session {
             received_header: received,
         };
         let cfg = &self.core.cfg;
-        match accept(cfg, &self.core.store, Some(&self.core.delivery), inbound).await {
+        let per_rcpt = self.mode == Mode::Lmtp;
+        let accepted = accept_with(
+            cfg,
+            &self.core.store,
+            Some(&self.core.delivery),
+            inbound,
+            per_rcpt,
+        );
+        match accepted.await {
             Ok(res) => {
                 info!(peer = %self.peer, %id, from = %sender, rcpts = rcpts.len(),
                       queued = ?res.queue_id, "smtp message accepted");
@@ -450,6 +458,9 @@ impl Session {
                     Mode::Lmtp => Ok(rcpts
                         .iter()
                         .map(|(_, route)| match route {
+                            Route::Local(a) if res.local_reply(a).is_some() => {
+                                res.local_reply(a).unwrap_or_default()
+                            }
                             Route::Local(a) if res.failed_local.contains(a) => {
                                 reply(550, "5.1.1", &format!("<{a}> no such user here"))
                             }

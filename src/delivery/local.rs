@@ -1,0 +1,122 @@
+//! The one seam for local delivery: a message for local users goes into the built-in
+//! store, or (with `[delivery] local = "lmtp:HOST:PORT"`) to an existing IMAP server's
+//! LMTP listener such as Dovecot's. Either way each recipient has its own outcome, and
+//! "stored" means the store committed it or the LMTP server answered 2xx for it, so the
+//! callers (s2s receipts, SMTP/LMTP replies, `xmta send`, the queue runner) acknowledge
+//! only what is really held.
+//!
+//! With LMTP, duplicate suppression of s2s retries (XEP-MTA §11.3) is not applied: the
+//! store's dedupe records are written with the store's own copies only.
+
+use std::time::Duration;
+
+use crate::config::{Config, LocalTarget, SmarthostTls};
+use crate::store::{LocalDelivery, Op, OpResult, RcptOutcome, Store};
+
+use super::smtp_client::{self, Endpoint, Reply};
+
+/// What happened to one local recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LocalOutcome {
+    Stored,
+    /// Already stored under the same dedupe key (built-in store only).
+    Duplicate,
+    /// Refused for good (no such user, policy).
+    Failed(Reply),
+    /// Not stored now; may be tried again.
+    Deferred(Reply),
+}
+
+/// Whether local mail goes to an external LMTP server.
+pub fn is_external(cfg: &Config) -> bool {
+    !matches!(cfg.local_target(), LocalTarget::Store)
+}
+
+/// Delivers `d` to its recipients; one outcome per recipient, in order. `sender` is the
+/// envelope sender ("" for the null sender), used as LMTP's MAIL FROM.
+pub async fn deliver(
+    cfg: &Config,
+    store: &Store,
+    sender: &str,
+    d: LocalDelivery,
+) -> Vec<(String, LocalOutcome)> {
+    match cfg.local_target() {
+        LocalTarget::Store => into_store(store, d).await,
+        LocalTarget::Lmtp(host, port) => {
+            let ep = Endpoint {
+                host,
+                port,
+                lmtp: true,
+                tls: SmarthostTls::Off,
+                allow_invalid_certs: false,
+                timeout: Duration::from_secs(cfg.delivery.local_timeout_secs),
+                helo: cfg.smtp_hostname().to_string(),
+            };
+            match smtp_client::transaction(&ep, sender, &d.recipients, &d.message).await {
+                Ok(replies) => replies
+                    .into_iter()
+                    .map(|(a, r)| {
+                        let o = if r.is_ok() {
+                            LocalOutcome::Stored
+                        } else if r.is_permanent() {
+                            LocalOutcome::Failed(r)
+                        } else {
+                            LocalOutcome::Deferred(r)
+                        };
+                        (a, o)
+                    })
+                    .collect(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "local LMTP delivery failed");
+                    let r = Reply::local_temp(format!("local mailbox server: {e}"));
+                    d.recipients
+                        .iter()
+                        .map(|a| (a.clone(), LocalOutcome::Deferred(r.clone())))
+                        .collect()
+                }
+            }
+        }
+    }
+}
+
+async fn into_store(store: &Store, d: LocalDelivery) -> Vec<(String, LocalOutcome)> {
+    let rcpts = d.recipients.clone();
+    match store.apply(vec![Op::Deliver(d)]).await {
+        Ok(results) => {
+            let outcomes = match results.into_iter().next() {
+                Some(OpResult::Delivered(o)) => o,
+                _ => Vec::new(),
+            };
+            rcpts
+                .iter()
+                .map(|a| {
+                    let o = match outcomes.iter().find(|(x, _)| x == a).map(|(_, o)| o) {
+                        Some(RcptOutcome::Stored { .. }) => LocalOutcome::Stored,
+                        Some(RcptOutcome::Duplicate) => LocalOutcome::Duplicate,
+                        Some(RcptOutcome::NoSuchUser) | Some(RcptOutcome::NoSuchFolder) => {
+                            LocalOutcome::Failed(Reply {
+                                code: 550,
+                                enhanced: Some("5.1.1".into()),
+                                text: "No such user here".into(),
+                            })
+                        }
+                        None => LocalOutcome::Deferred(Reply::local_temp("internal: no outcome")),
+                    };
+                    (a.clone(), o)
+                })
+                .collect()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not store local mail");
+            let r = Reply {
+                code: 451,
+                enhanced: Some("4.3.0".into()),
+                text: "Mailbox store temporarily unavailable".into(),
+            };
+            rcpts
+                .into_iter()
+                .map(|a| (a, LocalOutcome::Deferred(r.clone())))
+                .collect()
+        }
+    }
+}
