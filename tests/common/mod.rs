@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod c2s;
+pub mod dovecot;
 pub mod ejabberd;
 pub mod postfix;
 pub mod prosody;
