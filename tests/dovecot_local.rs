@@ -9,8 +9,27 @@ mod common;
 use common::dovecot::Dovecot;
 use common::*;
 
-fn b_with_dovecot(dovecot: &Dovecot) -> (Xmta, Xmta) {
-    let (a, mut b) = pair("127.0.0.142", "127.0.0.143", "", "");
+/// LMTP client (Python's smtplib): prints one "code text" line per recipient after DATA.
+const LMTP_SEND: &str = r#"
+import smtplib, sys
+host, port, sender, rcpts, path = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4].split(','), sys.argv[5]
+s = smtplib.LMTP(host, port)
+s.ehlo()
+s.mail(sender)
+for r in rcpts:
+    code, text = s.rcpt(r)
+    assert code == 250, (r, code, text)
+code, text = s.data(open(path, 'rb').read())
+print(code, text.decode())
+for _ in rcpts[1:]:
+    code, text = s.getreply()
+    print(code, text.decode())
+s.quit()
+"#;
+
+fn b_with_dovecot(dovecot: &Dovecot, lmtp: &str) -> (Xmta, Xmta) {
+    let extra_b = format!("[smtp]\nlmtp = \"{lmtp}\"\n");
+    let (a, mut b) = pair("127.0.0.142", "127.0.0.143", "", &extra_b);
     let cfg = std::fs::read_to_string(&b.config).unwrap().replacen(
         "[delivery]\n",
         &format!("[delivery]\nlocal = \"lmtp:{}\"\n", dovecot.lmtp),
@@ -25,7 +44,8 @@ fn b_with_dovecot(dovecot: &Dovecot) -> (Xmta, Xmta) {
 fn s2s_mail_is_delivered_into_dovecot() {
     let mut dovecot = Dovecot::new("127.0.0.144", &["bob@b.test"]);
     dovecot.start();
-    let (mut a, b) = b_with_dovecot(&dovecot);
+    let lmtp = format!("127.0.0.143:{}", free_port("127.0.0.143"));
+    let (mut a, b) = b_with_dovecot(&dovecot, &lmtp);
     a.start();
     a.add_user("alice@a.test");
     b.add_user("bob@b.test");
@@ -79,6 +99,45 @@ fn s2s_mail_is_delivered_into_dovecot() {
     let got = dovecot.fetch_all("bob@b.test");
     assert_eq!(got.len(), 2, "xmta send returns once Dovecot took it");
     assert!(got.iter().any(|g| g.ends_with(&m2)));
+
+    // xmta's own LMTP listener answers each recipient with Dovecot's answer for it.
+    let m3 = message(
+        "postfix@a.test",
+        "bob@b.test",
+        "via-lmtp",
+        "LMTP in, LMTP out.",
+    );
+    let path = b.dir.path().join("m3.eml");
+    std::fs::write(&path, &m3).unwrap();
+    let (host, port) = lmtp.rsplit_once(':').unwrap();
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(LMTP_SEND)
+        .args([
+            host,
+            port,
+            "postfix@a.test",
+            "bob@b.test,carol@b.test",
+            path.to_str().unwrap(),
+        ])
+        .output()
+        .expect("python3");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines[0].starts_with("250 "), "bob: {text}");
+    assert!(
+        lines[1].starts_with("550 5.1.1 <carol@b.test>"),
+        "carol: {text}"
+    );
+    let got = dovecot.fetch_all("bob@b.test");
+    assert_eq!(got.len(), 3);
+    assert!(got.iter().any(|g| g.ends_with(&m3)));
 }
 
 #[test]
