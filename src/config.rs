@@ -835,6 +835,47 @@ mod tests {
     }
 
     #[test]
+    fn postfix_smarthost_and_local_keys() {
+        let base = "[server]\ndomains=['a.test']\n";
+        let c = Config::parse(
+            &format!("{base}[smtp]\nlmtp='127.0.0.1:24'\n[postfix]\nsocketmap='127.0.0.1:7777'\n"),
+            "x",
+        )
+        .unwrap();
+        assert_eq!(
+            c.postfix_transport().as_deref(),
+            Some("lmtp:inet:127.0.0.1:24")
+        );
+        assert_eq!(c.local_target(), LocalTarget::Store);
+        let c = Config::parse(
+            &format!("{base}[delivery]\nlocal='lmtp:127.0.0.9:2424'\n[smtp]\nsmarthost='relay.test:25'\nsmarthost_tls='required'\n"),
+            "x",
+        )
+        .unwrap();
+        assert_eq!(
+            c.local_target(),
+            LocalTarget::Lmtp("127.0.0.9".into(), 2424)
+        );
+        assert_eq!(c.smtp.smarthost_tls, SmarthostTls::Required);
+        for (bad, key) in [
+            (
+                "[postfix]\nsocketmap='127.0.0.1:7777'\n",
+                "postfix.transport",
+            ),
+            ("[delivery]\nlocal='imap:x'\n", "delivery.local"),
+            ("[smtp]\nsmarthost='nope'\n", "smtp.smarthost"),
+            (
+                "[postfix]\nmax_request_bytes=10\n",
+                "postfix.max_request_bytes",
+            ),
+            ("[postfix]\nmap_name='a b'\n", "postfix.map_name"),
+        ] {
+            let e = Config::parse(&format!("{base}{bad}"), "x").unwrap_err();
+            assert!(e.to_string().contains(key), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn cidr() {
         let n = parse_cidr("127.0.0.80/32").unwrap();
         assert!(cidr_contains(n, "127.0.0.80".parse().unwrap()));

@@ -83,6 +83,11 @@ fn smarthost_relays_legacy_domains_with_per_recipient_results() {
     );
     assert!(dsn.contains("Status: 5.1.1"), "{dsn}");
     assert!(dsn.contains("Diagnostic-Code: smtp; 550 5.1.1"), "{dsn}");
+    // The MTA that refused it is the smarthost, not legacy.test.
+    assert!(
+        dsn.contains(&format!("Remote-MTA: dns; {}", pf.smtp.ip())),
+        "{dsn}"
+    );
     assert!(
         !dsn.contains("Final-Recipient: rfc822; good@legacy.test"),
         "{dsn}"

@@ -36,7 +36,17 @@ pub enum PeerAnswer {
 #[derive(Debug, Clone)]
 enum Attempt {
     Delivered,
-    Failed { status: String, diagnostic: String },
+    Failed {
+        status: String,
+        diagnostic: String,
+    },
+    /// Failed as reported by a relay that is not the recipient's domain (the smarthost):
+    /// the DSN's Remote-MTA names it.
+    FailedAt {
+        status: String,
+        diagnostic: String,
+        remote: String,
+    },
     Deferred(String),
 }
 
@@ -601,9 +611,10 @@ impl Delivery {
                         let at = if r.is_ok() {
                             Attempt::Delivered
                         } else if r.is_permanent() {
-                            Attempt::Failed {
+                            Attempt::FailedAt {
                                 status: r.status(),
                                 diagnostic: r.diagnostic(),
+                                remote: host.clone(),
                             }
                         } else {
                             Attempt::Deferred(format!("smarthost {host}:{port}: {r}"))
@@ -929,18 +940,27 @@ impl Delivery {
         for r in item.recipients.iter_mut() {
             match results.get(&r.address) {
                 Some(Attempt::Delivered) => r.status = RcptStatus::Delivered { at: now },
-                Some(Attempt::Failed { status, diagnostic }) => {
+                Some(
+                    a @ (Attempt::Failed { status, diagnostic }
+                    | Attempt::FailedAt {
+                        status, diagnostic, ..
+                    }),
+                ) => {
                     r.status = RcptStatus::Failed {
                         code: status.clone(),
                         text: diagnostic.clone(),
+                    };
+                    let remote_mta = match a {
+                        Attempt::FailedAt { remote, .. } => Some(remote.clone()),
+                        _ => MailAddress::parse(&r.address)
+                            .ok()
+                            .map(|a| a.domain().to_string()),
                     };
                     newly_failed.push(FailedRecipient {
                         address: r.address.clone(),
                         status: status.clone(),
                         diagnostic: diagnostic.clone(),
-                        remote_mta: MailAddress::parse(&r.address)
-                            .ok()
-                            .map(|a| a.domain().to_string()),
+                        remote_mta,
                     });
                 }
                 Some(Attempt::Deferred(why)) => {
