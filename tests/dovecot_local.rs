@@ -143,7 +143,9 @@ fn s2s_mail_is_delivered_into_dovecot() {
 #[test]
 fn dovecot_down_defers_until_it_is_up() {
     let mut dovecot = Dovecot::new("127.0.0.148", &["bob@b.test"]);
-    let (mut a, mut b) = pair("127.0.0.149", "127.0.0.147", "", "");
+    let smtp = format!("127.0.0.147:{}", free_port("127.0.0.147"));
+    let extra_b = format!("[smtp]\nlisten = [\"{smtp}\"]\n");
+    let (mut a, mut b) = pair("127.0.0.149", "127.0.0.147", "", &extra_b);
     let cfg = std::fs::read_to_string(&b.config).unwrap().replacen(
         "[delivery]\n",
         &format!("[delivery]\nlocal = \"lmtp:{}\"\n", dovecot.lmtp),
@@ -168,12 +170,35 @@ fn dovecot_down_defers_until_it_is_up() {
             .any(|l| l.contains("bob@b.test") && l.contains("local mailbox server"))
     });
     assert!(a.mailbox("alice@a.test").is_empty(), "no bounce for a 4xx");
+    // SMTP (one reply for the whole message) while Dovecot is down: b.test answers 250
+    // only with the message durably queued for a later LMTP attempt.
+    let m_smtp = message(
+        "dave@c.test",
+        "bob@b.test",
+        "smtp-while-down",
+        "Queued first.",
+    );
+    let path = b.dir.path().join("smtp.eml");
+    std::fs::write(&path, &m_smtp).unwrap();
+    let (host, port) = smtp.rsplit_once(':').unwrap();
+    let script = "import smtplib,sys\ns=smtplib.SMTP(sys.argv[1],int(sys.argv[2]))\nr=s.sendmail('dave@c.test',['bob@b.test'],open(sys.argv[3],'rb').read())\nassert r=={},r\ns.quit()\n";
+    let st = std::process::Command::new("python3")
+        .args(["-c", script, host, port, path.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(st.success(), "SMTP to b.test accepted");
+    b.wait_for("b.test to queue the local recipient", 10, || {
+        b.queue()
+            .iter()
+            .any(|l| l.contains("bob@b.test") && l.contains("pending"))
+    });
     dovecot.start();
-    b.wait_for("the retried mail in Dovecot", 30, || {
-        !dovecot.fetch_all("bob@b.test").is_empty()
+    b.wait_for("both mails in Dovecot", 30, || {
+        dovecot.fetch_all("bob@b.test").len() == 2
     });
     let got = dovecot.fetch_all("bob@b.test");
-    assert_eq!(got.len(), 1);
-    assert!(got[0].ends_with(&m));
+    assert!(got.iter().any(|g| g.ends_with(&m)));
+    assert!(got.iter().any(|g| g.ends_with(&m_smtp)));
     a.wait_for("the queue to empty", 30, || a.queue().is_empty());
+    b.wait_for("b.test's queue to empty", 30, || b.queue().is_empty());
 }

@@ -128,3 +128,85 @@ fn smarthost_relays_legacy_domains_with_per_recipient_results() {
     let log = pf.maillog();
     assert!(log.contains("bad@legacy.test"), "{log}");
 }
+
+/// STARTTLS toward the smarthost: a Postfix that insists on TLS (`smtpd_tls_security_level
+/// = encrypt`, a certificate from a test CA). With `smarthost_tls = "required"` and
+/// `smarthost_allow_invalid_certs` the mail goes through over TLS; without accepting the
+/// untrusted certificate it stays queued with the TLS error.
+#[test]
+fn smarthost_starttls() {
+    let dns = Dnsmasq::start("127.0.0.141", &[]);
+    let sink = SmtpSink::start("127.0.0.140");
+    let certs = tempfile::tempdir().unwrap();
+    let (_ca, pairs) = make_certs(certs.path(), &["postfix.test"]);
+    let (cert, key) = &pairs[0];
+    let transport = format!(
+        "legacy.test smtp:[{}]:{}\n",
+        sink.addr.ip(),
+        sink.addr.port()
+    );
+    let pf = Postfix::start(
+        "127.0.0.139",
+        &format!(
+            "transport_maps = texthash:ETC/transport\n\
+             smtpd_tls_security_level = encrypt\n\
+             smtpd_tls_cert_file = {}\n\
+             smtpd_tls_key_file = {}\n\
+             smtpd_tls_loglevel = 1\n",
+            cert.display(),
+            key.display()
+        ),
+        &[("transport", &transport)],
+    );
+    let start = |ip: &str, allow: bool| {
+        let extra = format!(
+            "[dns]\nnameservers = [\"{}\"]\n\n[smtp]\nsmarthost = \"{}\"\nsmarthost_tls = \"required\"\nsmarthost_allow_invalid_certs = {allow}\n",
+            dns.addr, pf.smtp
+        );
+        let mut x = Xmta::new(Spec {
+            domain: "a.test",
+            ip,
+            routes: vec![],
+            extra: &extra,
+            s2s_extra: "",
+        });
+        x.start();
+        x.add_user("alice@a.test");
+        x
+    };
+    let trusting = start("127.0.0.138", true);
+    let m = message(
+        "alice@a.test",
+        "tls@legacy.test",
+        "over-starttls",
+        "Encrypted hop.",
+    );
+    trusting.send("alice@a.test", &["tls@legacy.test"], &m);
+    trusting.wait_for("the message at smtp-sink", 30, || {
+        sink.dumps().iter().any(|d| d.contains("over-starttls"))
+    });
+    assert!(
+        pf.maillog().contains("TLS connection established from"),
+        "{}",
+        pf.maillog()
+    );
+    trusting.wait_for("the queue to empty", 30, || trusting.queue().is_empty());
+
+    // The certificate is not from a trusted root: without allowing it, nothing is sent.
+    let strict = start("127.0.0.148", false);
+    let m2 = message(
+        "alice@a.test",
+        "tls@legacy.test",
+        "not-trusted",
+        "Stays queued.",
+    );
+    strict.send("alice@a.test", &["tls@legacy.test"], &m2);
+    strict.wait_for("a TLS deferral", 30, || {
+        strict
+            .queue()
+            .iter()
+            .any(|l| l.contains("pending (smarthost") && l.contains("STARTTLS"))
+    });
+    assert!(strict.mailbox("alice@a.test").is_empty(), "no bounce");
+    assert!(!sink.dumps().iter().any(|d| d.contains("not-trusted")));
+}
