@@ -202,3 +202,58 @@ fn dovecot_down_defers_until_it_is_up() {
     a.wait_for("the queue to empty", 30, || a.queue().is_empty());
     b.wait_for("b.test's queue to empty", 30, || b.queue().is_empty());
 }
+
+/// The same mail id sent twice over s2s (a sender whose receipt was lost retries): Dovecot
+/// gets it once, the second receipt says duplicate (XEP-MTA §11.3), with the store's
+/// dedupe records written for the copy Dovecot took.
+#[test]
+fn s2s_retry_reaches_dovecot_once() {
+    let mut dovecot = Dovecot::new("127.0.0.144", &["bob@b.test"]);
+    dovecot.start();
+    let evil = FakePeer::start("127.0.0.142", "evil.test");
+    let mut b = Xmta::new(Spec {
+        domain: "b.test",
+        ip: "127.0.0.143",
+        routes: vec![("evil.test".into(), evil.addr.to_string())],
+        extra: "",
+        s2s_extra: "",
+    });
+    let cfg = std::fs::read_to_string(&b.config).unwrap().replacen(
+        "[delivery]\n",
+        &format!("[delivery]\nlocal = \"lmtp:{}\"\n", dovecot.lmtp),
+        1,
+    );
+    std::fs::write(&b.config, cfg).unwrap();
+    b.start();
+    b.add_user("bob@b.test");
+    let mut r = Raw::connect(b.addr);
+    r.open_stream("evil.test", "b.test");
+    r.send("<db:result from='evil.test' to='b.test'>somekey</db:result>");
+    assert!(
+        r.read_until(15, |s| s.contains("type='valid'")),
+        "{}",
+        r.got
+    );
+    let msg = b"From: eve@evil.test\r\nTo: bob@b.test\r\nSubject: twice\r\n\r\nsent twice\r\n";
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(msg);
+    let digest = xmta::mta::payload::sha256_hex(msg);
+    let stanza = |n: u32| {
+        format!(
+            "<message from='eve@evil.test' to='bob@b.test' id='t{n}' type='normal'><mail xmlns='urn:xmpp:mta:0' id='dup1' size='{}' sha256='{digest}'><envelope><mail-from>eve@evil.test</mail-from><rcpt-to>bob@b.test</rcpt-to></envelope><data>{b64}</data></mail></message>",
+            msg.len()
+        )
+    };
+    r.send(&stanza(1));
+    b.wait_for("the first receipt", 20, || {
+        evil.seen().contains("id='dup1'")
+    });
+    assert!(!evil.seen().contains("duplicate='true'"), "{}", evil.seen());
+    r.send(&stanza(2));
+    b.wait_for("the duplicate receipt", 20, || {
+        evil.seen().contains("duplicate='true'")
+    });
+    let got = dovecot.fetch_all("bob@b.test");
+    assert_eq!(got.len(), 1, "delivered once");
+    assert!(got[0].ends_with(msg));
+}

@@ -5,8 +5,8 @@
 //! callers (s2s receipts, SMTP/LMTP replies, `xmta send`, the queue runner) acknowledge
 //! only what is really held.
 //!
-//! With LMTP, duplicate suppression of s2s retries (XEP-MTA §11.3) is not applied: the
-//! store's dedupe records are written with the store's own copies only.
+//! With LMTP, duplicate suppression of s2s retries (XEP-MTA §11.3) still uses the store's
+//! dedupe records: checked before the hand-over, written for what the server took.
 
 use std::time::Duration;
 
@@ -42,41 +42,87 @@ pub async fn deliver(
 ) -> Vec<(String, LocalOutcome)> {
     match cfg.local_target() {
         LocalTarget::Store => into_store(store, d).await,
-        LocalTarget::Lmtp(host, port) => {
-            let ep = Endpoint {
-                host,
-                port,
-                lmtp: true,
-                tls: SmarthostTls::Off,
-                allow_invalid_certs: false,
-                timeout: Duration::from_secs(cfg.delivery.local_timeout_secs),
-                helo: cfg.smtp_hostname().to_string(),
+        LocalTarget::Lmtp(host, port) => into_lmtp(cfg, store, host, port, sender, d).await,
+    }
+}
+
+/// Hands `d` to the LMTP server. Duplicate suppression (XEP-MTA §11.3) for s2s mail:
+/// recipients that already got this mail id are not handed over again, and those the server
+/// takes now are recorded before the caller acknowledges them. Outcomes are looked up by
+/// address; their order is not the request's.
+async fn into_lmtp(
+    cfg: &Config,
+    store: &Store,
+    host: String,
+    port: u16,
+    sender: &str,
+    mut d: LocalDelivery,
+) -> Vec<(String, LocalOutcome)> {
+    let mut out = Vec::new();
+    if let Some(key) = &d.dedupe {
+        d.recipients.retain(|r| match store.is_duplicate(key, r) {
+            Ok(true) => {
+                out.push((r.clone(), LocalOutcome::Duplicate));
+                false
+            }
+            _ => true,
+        });
+    }
+    if d.recipients.is_empty() {
+        return out;
+    }
+    let ep = Endpoint {
+        host,
+        port,
+        lmtp: true,
+        tls: SmarthostTls::Off,
+        allow_invalid_certs: false,
+        timeout: Duration::from_secs(cfg.delivery.local_timeout_secs),
+        helo: cfg.smtp_hostname().to_string(),
+    };
+    let answered: Vec<(String, LocalOutcome)> =
+        match smtp_client::transaction(&ep, sender, &d.recipients, &d.message).await {
+            Ok(replies) => replies
+                .into_iter()
+                .map(|(a, r)| {
+                    let o = if r.is_ok() {
+                        LocalOutcome::Stored
+                    } else if r.is_permanent() {
+                        LocalOutcome::Failed(r)
+                    } else {
+                        LocalOutcome::Deferred(r)
+                    };
+                    (a, o)
+                })
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "local LMTP delivery failed");
+                let r = Reply::local_temp(format!("local mailbox server: {e}"));
+                d.recipients
+                    .iter()
+                    .map(|a| (a.clone(), LocalOutcome::Deferred(r.clone())))
+                    .collect()
+            }
+        };
+    if let Some(key) = d.dedupe.clone() {
+        let stored: Vec<String> = answered
+            .iter()
+            .filter(|(_, o)| *o == LocalOutcome::Stored)
+            .map(|(a, _)| a.clone())
+            .collect();
+        if !stored.is_empty() {
+            let op = Op::RecordDedupe {
+                key,
+                recipients: stored,
+                at: d.internal_date,
             };
-            match smtp_client::transaction(&ep, sender, &d.recipients, &d.message).await {
-                Ok(replies) => replies
-                    .into_iter()
-                    .map(|(a, r)| {
-                        let o = if r.is_ok() {
-                            LocalOutcome::Stored
-                        } else if r.is_permanent() {
-                            LocalOutcome::Failed(r)
-                        } else {
-                            LocalOutcome::Deferred(r)
-                        };
-                        (a, o)
-                    })
-                    .collect(),
-                Err(e) => {
-                    tracing::warn!(error = %e, "local LMTP delivery failed");
-                    let r = Reply::local_temp(format!("local mailbox server: {e}"));
-                    d.recipients
-                        .iter()
-                        .map(|a| (a.clone(), LocalOutcome::Deferred(r.clone())))
-                        .collect()
-                }
+            if let Err(e) = store.apply(vec![op]).await {
+                tracing::warn!(error = %e, "could not record delivered mail ids; a retry may be delivered twice");
             }
         }
     }
+    out.extend(answered);
+    out
 }
 
 async fn into_store(store: &Store, d: LocalDelivery) -> Vec<(String, LocalOutcome)> {
