@@ -165,15 +165,25 @@ fn assert_arrived(b: &Xmta, sent: &[u8]) {
 fn postfix_socketmap_transport_to_xmpp() {
     let (a, b, _lmtp, sm) = gateway("127.0.0.133", "127.0.0.134", true);
     common::postfix::wait_port(sm, 10, "socketmap", || a.log_tail(20));
-    let pf = Postfix::start(
-        "127.0.0.132",
-        &format!(
+    // Postfix is configured with exactly the main.cf lines `xmta postfix-config` prints.
+    let snippet = String::from_utf8(a.ok(&["postfix-config"], b"")).unwrap();
+    let main_cf: String = snippet
+        .split("# --- master.cf ---")
+        .next()
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(
+        main_cf.contains(&format!(
             "transport_maps = socketmap:inet:{}:{}:transport\n",
             sm.ip(),
             sm.port()
-        ),
-        &[],
+        )),
+        "{snippet}"
     );
+    let pf = Postfix::start("127.0.0.132", &main_cf, &[]);
     let m = message(
         "alice@a.test",
         "user@b.test",

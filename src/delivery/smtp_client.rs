@@ -106,7 +106,10 @@ pub async fn transaction(
     let mut client = SmtpClient::connect(addr, ep.timeout)
         .await
         .map_err(|e| format!("connecting to {addr}: {e}"))?;
-    let greeting = client.read().await.map_err(|e| format!("{addr}: {e}"))?;
+    let greeting = tokio::time::timeout(ep.timeout, client.read())
+        .await
+        .map_err(|_| format!("{addr} sent no greeting in time"))?
+        .map_err(|e| format!("{addr}: {e}"))?;
     if !(200..300).contains(&greeting.code) {
         return Err(format!(
             "{addr} greeted with {}",

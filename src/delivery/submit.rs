@@ -1,6 +1,11 @@
 //! Accepting a message from a local submitter (`xmta send`, later SMTP submission and LMTP):
 //! check it, then store local recipients' copies and queue the rest in ONE durable
 //! transaction. Only after that commit is the submitter told "accepted".
+//!
+//! With `[delivery] local = "lmtp:..."` the local copies go to that LMTP server first
+//! (see [`super::local`]); what it did not take is either answered per recipient (LMTP) or
+//! queued in the same transaction as the remote recipients, for the queue runner to retry
+//! or bounce.
 
 use crate::addr::MailAddress;
 use crate::config::Config;
