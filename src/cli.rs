@@ -52,6 +52,8 @@ pub enum Command {
         #[command(subcommand)]
         cmd: QueueCmd,
     },
+    /// Print the Postfix main.cf/master.cf lines for this configuration.
+    PostfixConfig,
     /// Registered servers (XEP-MTA §22): tools for running a registry zone.
     Registry {
         #[command(subcommand)]
@@ -143,6 +145,10 @@ pub fn run(cli: Cli) -> Result<(), String> {
                 .map_err(|e| e.to_string())
         }
         Command::Registry { cmd } => run_registry(&cfg, cmd),
+        Command::PostfixConfig => {
+            print!("{}", crate::postfix::config_snippet(&cfg));
+            Ok(())
+        }
         cmd => {
             let req = request_for(cmd)?;
             let resp = rt.block_on(dispatch(&cfg, req))?;
@@ -162,7 +168,9 @@ fn init_logging(cfg: &Config) {
 
 fn request_for(cmd: Command) -> Result<Request, String> {
     Ok(match cmd {
-        Command::Serve => return Err("internal: serve has no request".into()),
+        Command::Serve | Command::PostfixConfig => {
+            return Err("internal: this command has no request".into());
+        }
         Command::Registry { .. } => return Err("internal: registry has no request".into()),
         Command::User {
             cmd:

@@ -51,6 +51,9 @@ pub struct Config {
     /// send mail here, and what to do with the answer.
     #[serde(default)]
     pub registry: RegistryConfig,
+    /// Postfix integration: the socketmap transport lookup server.
+    #[serde(default)]
+    pub postfix: PostfixConfig,
     /// Where the config was read from (for messages); not a key.
     #[serde(skip)]
     pub source: String,
@@ -189,6 +192,13 @@ pub struct DeliveryConfig {
     /// Most recipients in one message.
     #[serde(default = "default_max_recipients")]
     pub max_recipients: usize,
+    /// Where mail for local users goes: unset for the built-in store, or
+    /// "lmtp:HOST:PORT" for an existing IMAP server's LMTP listener (e.g. Dovecot).
+    #[serde(default)]
+    pub local: Option<String>,
+    /// Time allowed for a whole LMTP transaction with `local` (connect to last reply).
+    #[serde(default = "default_local_timeout")]
+    pub local_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -272,6 +282,19 @@ pub struct SmtpConfig {
     /// Refused commands (5xx) one session may make before it is closed with `421 4.7.0`.
     #[serde(default = "default_max_errors")]
     pub max_errors: u32,
+    /// "host:port" of an SMTP relay for domains that take no mail over XMPP (no
+    /// `[s2s.routes]` entry and no `_xmpp-server._tcp` SRV record). Unset: such mail bounces.
+    #[serde(default)]
+    pub smarthost: Option<String>,
+    /// STARTTLS toward the smarthost: "off", "optional" (when offered) or "required".
+    #[serde(default = "default_smarthost_tls")]
+    pub smarthost_tls: SmarthostTls,
+    /// Accept any certificate from the smarthost (a loopback relay with a self-signed one).
+    #[serde(default)]
+    pub smarthost_allow_invalid_certs: bool,
+    /// Time allowed for each command/reply with the smarthost.
+    #[serde(default = "default_smarthost_timeout")]
+    pub smarthost_timeout_secs: u64,
 }
 
 /// What to do with SMTP mail that should have come over XMPP (see `smtp.downgrade`).
@@ -281,6 +304,15 @@ pub enum DowngradePolicy {
     Refuse,
     Tag,
     Off,
+}
+
+/// STARTTLS policy toward `[smtp] smarthost`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmarthostTls {
+    Off,
+    Optional,
+    Required,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -429,6 +461,8 @@ impl Default for DeliveryConfig {
             concurrency: default_concurrency(),
             dedupe_days: default_dedupe_days(),
             max_recipients: default_max_recipients(),
+            local: None,
+            local_timeout_secs: default_local_timeout(),
         }
     }
 }
@@ -457,6 +491,10 @@ impl Default for SmtpConfig {
             max_line_bytes: default_max_line(),
             greeting_delay_ms: 0,
             max_errors: default_max_errors(),
+            smarthost: None,
+            smarthost_tls: default_smarthost_tls(),
+            smarthost_allow_invalid_certs: false,
+            smarthost_timeout_secs: default_smarthost_timeout(),
         }
     }
 }
@@ -707,6 +745,7 @@ impl Config {
         self.validate_s2s_policy()?;
         self.validate_registry()?;
         self.validate_smtp_extra()?;
+        self.validate_postfix()?;
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(self.invalid(
                 "log.level",
@@ -848,6 +887,81 @@ impl Default for RegistryConfig {
             min_ttl_secs: default_registry_min_ttl(),
             max_ttl_secs: default_registry_max_ttl(),
             timeout_secs: default_registry_timeout(),
+        }
+    }
+}
+
+/// `[postfix]`: the socketmap server Postfix asks for transports (`transport_maps =
+/// socketmap:inet:HOST:PORT:NAME`), answering for local domains and domains reachable over
+/// XMPP.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostfixConfig {
+    /// TCP address of the socketmap server; unset: no server.
+    #[serde(default)]
+    pub socketmap: Option<SocketAddr>,
+    /// The map name Postfix puts before each key (the NAME in socketmap:inet:HOST:PORT:NAME).
+    #[serde(default = "default_map_name")]
+    pub map_name: String,
+    /// The transport answered; default `lmtp:inet:<[smtp] lmtp>`.
+    #[serde(default)]
+    pub transport: Option<String>,
+    /// How long a "reachable over XMPP" answer is cached.
+    #[serde(default = "default_route_cache")]
+    pub cache_secs: u64,
+    /// How long a "not reachable over XMPP" answer is cached.
+    #[serde(default = "default_route_negative_cache")]
+    pub negative_cache_secs: u64,
+    /// Longest netstring request accepted; longer closes that connection.
+    #[serde(default = "default_socketmap_max_request")]
+    pub max_request_bytes: usize,
+    /// Most socketmap connections open at once.
+    #[serde(default = "default_socketmap_max_connections")]
+    pub max_connections: usize,
+    /// A socketmap connection idle this long is closed.
+    #[serde(default = "default_socketmap_idle")]
+    pub idle_timeout_secs: u64,
+}
+
+fn default_map_name() -> String {
+    "transport".into()
+}
+fn default_route_cache() -> u64 {
+    300
+}
+fn default_route_negative_cache() -> u64 {
+    60
+}
+fn default_socketmap_max_request() -> usize {
+    1024
+}
+fn default_socketmap_max_connections() -> usize {
+    100
+}
+fn default_socketmap_idle() -> u64 {
+    300
+}
+fn default_local_timeout() -> u64 {
+    120
+}
+fn default_smarthost_tls() -> SmarthostTls {
+    SmarthostTls::Optional
+}
+fn default_smarthost_timeout() -> u64 {
+    60
+}
+
+impl Default for PostfixConfig {
+    fn default() -> Self {
+        PostfixConfig {
+            socketmap: None,
+            map_name: default_map_name(),
+            transport: None,
+            cache_secs: default_route_cache(),
+            negative_cache_secs: default_route_negative_cache(),
+            max_request_bytes: default_socketmap_max_request(),
+            max_connections: default_socketmap_max_connections(),
+            idle_timeout_secs: default_socketmap_idle(),
         }
     }
 }
@@ -994,6 +1108,91 @@ impl Config {
     }
 }
 
+/// A parsed `[delivery] local` target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LocalTarget {
+    /// The built-in store.
+    Store,
+    /// An LMTP server at host:port.
+    Lmtp(String, u16),
+}
+
+impl Config {
+    /// Where local mail goes (`[delivery] local`, validated at load).
+    pub fn local_target(&self) -> LocalTarget {
+        match self.delivery.local.as_deref().and_then(parse_local) {
+            Some(t) => t,
+            None => LocalTarget::Store,
+        }
+    }
+
+    /// The transport the socketmap answers: `[postfix] transport`, else LMTP to our listener.
+    pub fn postfix_transport(&self) -> Option<String> {
+        match (&self.postfix.transport, self.smtp.lmtp) {
+            (Some(t), _) => Some(t.clone()),
+            (None, Some(l)) => Some(format!("lmtp:inet:{}:{}", l.ip(), l.port())),
+            (None, None) => None,
+        }
+    }
+
+    fn validate_postfix(&self) -> Result<(), ConfigError> {
+        if let Some(l) = &self.delivery.local
+            && parse_local(l).is_none()
+        {
+            return Err(self.invalid(
+                "delivery.local",
+                format!("`{l}` is neither \"store\" nor \"lmtp:HOST:PORT\""),
+            ));
+        }
+        if self.delivery.local_timeout_secs == 0 || self.smtp.smarthost_timeout_secs == 0 {
+            return Err(self.invalid(
+                "delivery.local_timeout_secs / smtp.smarthost_timeout_secs",
+                "must be at least 1",
+            ));
+        }
+        if let Some(h) = &self.smtp.smarthost
+            && crate::s2s::resolve::parse_host_port(h).is_none()
+        {
+            return Err(self.invalid("smtp.smarthost", format!("`{h}` is not host:port")));
+        }
+        let p = &self.postfix;
+        if p.socketmap.is_some() && self.postfix_transport().is_none() {
+            return Err(self.invalid(
+                "postfix.transport",
+                "the socketmap needs a transport to answer: set it, or set smtp.lmtp",
+            ));
+        }
+        if p.map_name.is_empty() || p.map_name.contains([' ', ':', ',']) {
+            return Err(self.invalid("postfix.map_name", "one word without spaces, ':' or ','"));
+        }
+        if let Some(t) = &p.transport
+            && (t.is_empty() || t.contains(['\r', '\n']))
+        {
+            return Err(self.invalid("postfix.transport", "must be one non-empty line"));
+        }
+        if p.max_request_bytes < 64 || p.max_request_bytes > 100_000 {
+            return Err(self.invalid("postfix.max_request_bytes", "must be 64..=100000"));
+        }
+        if p.max_connections == 0 || p.idle_timeout_secs == 0 {
+            return Err(self.invalid(
+                "postfix",
+                "max_connections and idle_timeout_secs must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn parse_local(s: &str) -> Option<LocalTarget> {
+    if s == "store" {
+        return Some(LocalTarget::Store);
+    }
+    let rest = s.strip_prefix("lmtp:")?;
+    let rest = rest.strip_prefix("inet:").unwrap_or(rest);
+    let (h, p) = crate::s2s::resolve::parse_host_port(rest)?;
+    Some(LocalTarget::Lmtp(h, p))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1063,6 +1262,47 @@ mod tests {
             ("cert = '/nonexistent.pem'\n", "smtp.cert"),
         ] {
             let e = Config::parse(&format!("{base}{bad}"), "x.toml").unwrap_err();
+            assert!(e.to_string().contains(key), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn postfix_smarthost_and_local_keys() {
+        let base = "[server]\ndomains=['a.test']\n";
+        let c = Config::parse(
+            &format!("{base}[smtp]\nlmtp='127.0.0.1:24'\n[postfix]\nsocketmap='127.0.0.1:7777'\n"),
+            "x",
+        )
+        .unwrap();
+        assert_eq!(
+            c.postfix_transport().as_deref(),
+            Some("lmtp:inet:127.0.0.1:24")
+        );
+        assert_eq!(c.local_target(), LocalTarget::Store);
+        let c = Config::parse(
+            &format!("{base}[delivery]\nlocal='lmtp:127.0.0.9:2424'\n[smtp]\nsmarthost='relay.test:25'\nsmarthost_tls='required'\n"),
+            "x",
+        )
+        .unwrap();
+        assert_eq!(
+            c.local_target(),
+            LocalTarget::Lmtp("127.0.0.9".into(), 2424)
+        );
+        assert_eq!(c.smtp.smarthost_tls, SmarthostTls::Required);
+        for (bad, key) in [
+            (
+                "[postfix]\nsocketmap='127.0.0.1:7777'\n",
+                "postfix.transport",
+            ),
+            ("[delivery]\nlocal='imap:x'\n", "delivery.local"),
+            ("[smtp]\nsmarthost='nope'\n", "smtp.smarthost"),
+            (
+                "[postfix]\nmax_request_bytes=10\n",
+                "postfix.max_request_bytes",
+            ),
+            ("[postfix]\nmap_name='a b'\n", "postfix.map_name"),
+        ] {
+            let e = Config::parse(&format!("{base}{bad}"), "x").unwrap_err();
             assert!(e.to_string().contains(key), "{bad}: {e}");
         }
     }

@@ -21,6 +21,7 @@ pub mod delivery;
 pub mod known_domains;
 pub mod mta;
 pub mod registry;
+pub mod postfix;
 pub mod s2s;
 pub mod server;
 pub mod smtp;

@@ -111,6 +111,14 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
             .map_err(|e| ServeError::Listen(addr.to_string(), e.to_string()))?;
         smtp_listeners.push((l, crate::smtp::Mode::Lmtp));
     }
+    let socketmap = match &cfg.postfix.socketmap {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| ServeError::Listen(addr.to_string(), e.to_string()))?,
+        ),
+        None => None,
+    };
     let admin = crate::admin::bind(&cfg.admin_socket())
         .map_err(|e| ServeError::Admin(cfg.admin_socket().display().to_string(), e.to_string()))?;
 
@@ -131,6 +139,9 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
             smtp_slots.clone(),
         ));
     }
+    if let Some(l) = socketmap {
+        tokio::spawn(crate::postfix::serve(core.clone(), l));
+    }
     tokio::spawn(crate::mta::receive::run(core.clone(), rx));
     if let Some(cc) = cfg.component.clone() {
         tokio::spawn(s2s.clone().run_component(cc));
@@ -143,6 +154,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         smtp = ?cfg.smtp.listen,
         submission = ?cfg.smtp.submission,
         lmtp = ?cfg.smtp.lmtp,
+        socketmap = ?cfg.postfix.socketmap,
         admin = %cfg.admin_socket().display(),
         "xmta ready"
     );

@@ -36,7 +36,17 @@ pub enum PeerAnswer {
 #[derive(Debug, Clone)]
 enum Attempt {
     Delivered,
-    Failed { status: String, diagnostic: String },
+    Failed {
+        status: String,
+        diagnostic: String,
+    },
+    /// Failed as reported by a relay that is not the recipient's domain (the smarthost):
+    /// the DSN's Remote-MTA names it.
+    FailedAt {
+        status: String,
+        diagnostic: String,
+        remote: String,
+    },
     Deferred(String),
 }
 
@@ -64,6 +74,8 @@ pub struct Delivery {
     slots: Arc<Semaphore>,
     /// A handle on itself for tasks started from `&self` callbacks.
     me: std::sync::OnceLock<std::sync::Weak<Delivery>>,
+    /// Which domains take mail over XMPP (smarthost decision, Postfix socketmap).
+    router: Option<super::route::Router>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -73,6 +85,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Delivery {
     pub fn new(cfg: Arc<Config>, store: Store, s2s: Arc<S2s>) -> Arc<Delivery> {
         let slots = Arc::new(Semaphore::new(cfg.delivery.concurrency));
+        let cfg_for_router = cfg.clone();
         let d = Arc::new(Delivery {
             cfg,
             store,
@@ -87,9 +100,24 @@ impl Delivery {
             wake: Notify::new(),
             slots,
             me: std::sync::OnceLock::new(),
+            router: match super::route::Router::new(&cfg_for_router) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    warn!(error = %e, "no resolver for XMPP reachability; smarthost and socketmap answers defer");
+                    None
+                }
+            },
         });
         let _ = d.me.set(Arc::downgrade(&d));
         d
+    }
+
+    /// Whether `domain` takes mail over XMPP (see [`super::route`]); `Err` when unknown now.
+    pub async fn takes_xmpp(&self, domain: &str) -> Result<bool, String> {
+        match &self.router {
+            Some(r) => r.takes_xmpp(domain).await,
+            None => Err("no DNS resolver".into()),
+        }
     }
 
     /// Puts an item (already durable in the store) on the schedule.
@@ -420,10 +448,42 @@ impl Delivery {
             // the recipients' positions in the item, so its mail id stays the same on every
             // retry and the receiver's duplicate memory recognises it (XEP-MTA §7.1, §11.3).
             let mut batches: HashMap<(String, usize), Vec<String>> = HashMap::new();
+            let mut local_rcpts = Vec::new();
+            let mut legacy_rcpts = Vec::new();
+            let mut reach: HashMap<String, Result<bool, String>> = HashMap::new();
             for r in &pending {
                 let domain = MailAddress::parse(r)
                     .map(|a| a.domain().to_string())
                     .unwrap_or_default();
+                // Local recipients are queued when the local LMTP server did not take them
+                // at once, and for DSNs when local mail goes to such a server.
+                if self.cfg.is_local_domain(&domain) {
+                    local_rcpts.push(r.clone());
+                    continue;
+                }
+                // Legacy domains go to the smarthost in one transaction (see route.rs).
+                if self.cfg.smtp.smarthost.is_some() {
+                    if !reach.contains_key(&domain) {
+                        let v = self.takes_xmpp(&domain).await;
+                        reach.insert(domain.clone(), v);
+                    }
+                    match reach.get(&domain) {
+                        Some(Ok(false)) => {
+                            legacy_rcpts.push(r.clone());
+                            continue;
+                        }
+                        Some(Err(e)) => {
+                            results.insert(
+                                r.clone(),
+                                Attempt::Deferred(format!(
+                                    "cannot tell how to reach {domain}: {e}"
+                                )),
+                            );
+                            continue;
+                        }
+                        _ => {}
+                    }
+                }
                 let pos = item
                     .recipients
                     .iter()
@@ -453,6 +513,24 @@ impl Delivery {
                     (rcpts, r)
                 }));
             }
+            if !local_rcpts.is_empty() {
+                let me = self.clone();
+                let item = item.clone();
+                let body = body.clone();
+                tasks.push(tokio::spawn(async move {
+                    let r = me.to_local(&item, &local_rcpts, &body).await;
+                    (local_rcpts, r)
+                }));
+            }
+            if !legacy_rcpts.is_empty() {
+                let me = self.clone();
+                let item = item.clone();
+                let body = body.clone();
+                tasks.push(tokio::spawn(async move {
+                    let r = me.to_smarthost(&item, &legacy_rcpts, &body).await;
+                    (legacy_rcpts, r)
+                }));
+            }
             for t in tasks {
                 if let Ok((_, r)) = t.await {
                     results.extend(r);
@@ -460,6 +538,99 @@ impl Delivery {
             }
         }
         self.record(item, &body, results).await;
+    }
+
+    /// Queued local recipients: through the local-delivery seam (store or LMTP server).
+    async fn to_local(
+        &self,
+        item: &QueueItem,
+        rcpts: &[String],
+        body: &[u8],
+    ) -> HashMap<String, Attempt> {
+        let d = LocalDelivery {
+            dedupe: None,
+            recipients: rcpts.to_vec(),
+            folder: crate::store::INBOX.into(),
+            message: bytes::Bytes::copy_from_slice(body),
+            internal_date: crate::now(),
+            flags: Vec::new(),
+        };
+        use super::local::LocalOutcome;
+        super::local::deliver(&self.cfg, &self.store, &item.sender, d)
+            .await
+            .into_iter()
+            .map(|(a, o)| {
+                let at = match o {
+                    LocalOutcome::Stored | LocalOutcome::Duplicate => Attempt::Delivered,
+                    LocalOutcome::Failed(r) => Attempt::Failed {
+                        status: r.status(),
+                        diagnostic: r.diagnostic(),
+                    },
+                    LocalOutcome::Deferred(r) => Attempt::Deferred(format!("local delivery: {r}")),
+                };
+                (a, at)
+            })
+            .collect()
+    }
+
+    /// Recipients in legacy domains: one SMTP transaction with `[smtp] smarthost`, each
+    /// recipient with its own answer (5xx: bounced; 4xx or no answer: retried).
+    async fn to_smarthost(
+        &self,
+        item: &QueueItem,
+        rcpts: &[String],
+        body: &[u8],
+    ) -> HashMap<String, Attempt> {
+        let all = |a: Attempt| {
+            rcpts
+                .iter()
+                .map(|r| (r.clone(), a.clone()))
+                .collect::<HashMap<_, _>>()
+        };
+        let Some((host, port)) = self
+            .cfg
+            .smtp
+            .smarthost
+            .as_deref()
+            .and_then(crate::s2s::resolve::parse_host_port)
+        else {
+            return all(Attempt::Deferred("no smarthost configured".into()));
+        };
+        let ep = super::smtp_client::Endpoint {
+            host: host.clone(),
+            port,
+            lmtp: false,
+            tls: self.cfg.smtp.smarthost_tls,
+            allow_invalid_certs: self.cfg.smtp.smarthost_allow_invalid_certs,
+            timeout: Duration::from_secs(self.cfg.smtp.smarthost_timeout_secs),
+            helo: self.cfg.smtp_hostname().to_string(),
+        };
+        match super::smtp_client::transaction(&ep, &item.sender, rcpts, body).await {
+            Ok(replies) => {
+                info!(id = %item.id, smarthost = %format!("{host}:{port}"), recipients = rcpts.len(), "smarthost transaction");
+                replies
+                    .into_iter()
+                    .map(|(a, r)| {
+                        let at = if r.is_ok() {
+                            Attempt::Delivered
+                        } else if r.is_permanent() {
+                            Attempt::FailedAt {
+                                status: r.status(),
+                                diagnostic: r.diagnostic(),
+                                remote: host.clone(),
+                            }
+                        } else {
+                            Attempt::Deferred(format!("smarthost {host}:{port}: {r}"))
+                        };
+                        (a, at)
+                    })
+                    .collect()
+            }
+            Err(e) => {
+                info!(id = %item.id, error = %e, "smarthost delivery deferred");
+                all(Attempt::Deferred(format!("smarthost {host}:{port}: {e}")))
+            }
+        }
     }
 
     /// One attempt at the recipients of one domain over XMPP.
@@ -772,18 +943,27 @@ impl Delivery {
         for r in item.recipients.iter_mut() {
             match results.get(&r.address) {
                 Some(Attempt::Delivered) => r.status = RcptStatus::Delivered { at: now },
-                Some(Attempt::Failed { status, diagnostic }) => {
+                Some(
+                    a @ (Attempt::Failed { status, diagnostic }
+                    | Attempt::FailedAt {
+                        status, diagnostic, ..
+                    }),
+                ) => {
                     r.status = RcptStatus::Failed {
                         code: status.clone(),
                         text: diagnostic.clone(),
+                    };
+                    let remote_mta = match a {
+                        Attempt::FailedAt { remote, .. } => Some(remote.clone()),
+                        _ => MailAddress::parse(&r.address)
+                            .ok()
+                            .map(|a| a.domain().to_string()),
                     };
                     newly_failed.push(FailedRecipient {
                         address: r.address.clone(),
                         status: status.clone(),
                         diagnostic: diagnostic.clone(),
-                        remote_mta: MailAddress::parse(&r.address)
-                            .ok()
-                            .map(|a| a.domain().to_string()),
+                        remote_mta,
                     });
                 }
                 Some(Attempt::Deferred(why)) => {
@@ -863,7 +1043,7 @@ impl Delivery {
         let Ok(sender) = MailAddress::parse(&item.sender) else {
             return Vec::new();
         };
-        if self.cfg.is_local_domain(sender.domain()) {
+        if self.cfg.is_local_domain(sender.domain()) && !super::local::is_external(&self.cfg) {
             vec![Op::Deliver(LocalDelivery {
                 dedupe: None,
                 recipients: vec![sender.canonical()],
@@ -877,7 +1057,11 @@ impl Delivery {
                 id: crate::new_mail_id(),
                 origin: origin.clone(),
                 sender: String::new(),
-                recipients: vec![item.sender.clone()],
+                recipients: vec![if self.cfg.is_local_domain(sender.domain()) {
+                    sender.canonical()
+                } else {
+                    item.sender.clone()
+                }],
                 created: now,
                 next_attempt: now,
                 expires: now + self.cfg.delivery.expire_secs as i64,

@@ -1,6 +1,11 @@
 //! Accepting a message from a local submitter (`xmta send`, later SMTP submission and LMTP):
 //! check it, then store local recipients' copies and queue the rest in ONE durable
 //! transaction. Only after that commit is the submitter told "accepted".
+//!
+//! With `[delivery] local = "lmtp:..."` the local copies go to that LMTP server first
+//! (see [`super::local`]); what it did not take is either answered per recipient (LMTP) or
+//! queued in the same transaction as the remote recipients, for the queue runner to retry
+//! or bounce.
 
 use crate::addr::MailAddress;
 use crate::config::Config;
@@ -93,17 +98,27 @@ pub async fn submit(
     let now = crate::now();
     let message = complete_headers(message, from.domain(), now)?;
     let mut ops = Vec::new();
+    let mut queued = remote.clone();
     if !local.is_empty() {
-        ops.push(Op::Deliver(LocalDelivery {
+        let d = LocalDelivery {
             dedupe: None,
             recipients: local.clone(),
             folder: "INBOX".into(),
             message: message.clone().into(),
             internal_date: now,
             flags: Vec::new(),
-        }));
+        };
+        if super::local::is_external(cfg) {
+            // Handed to the LMTP server now; what it did not take is queued and retried
+            // (or bounced) by the queue runner like any other recipient.
+            queued.extend(not_taken(
+                super::local::deliver(cfg, store, &from.to_string(), d).await,
+            ));
+        } else {
+            ops.push(Op::Deliver(d));
+        }
     }
-    let queue_id = if remote.is_empty() {
+    let queue_id = if queued.is_empty() {
         None
     } else {
         let id = crate::new_mail_id();
@@ -111,7 +126,7 @@ pub async fn submit(
             id: id.clone(),
             origin: from.domain().to_string(),
             sender: from.to_string(),
-            recipients: remote.clone(),
+            recipients: queued,
             created: now,
             next_attempt: now,
             expires: now + cfg.delivery.expire_secs as i64,
@@ -119,10 +134,14 @@ pub async fn submit(
         }));
         Some(id)
     };
-    let results = store
-        .apply(ops)
-        .await
-        .map_err(|e| SubmitError::Store(e.to_string()))?;
+    let results = if ops.is_empty() {
+        Vec::new()
+    } else {
+        store
+            .apply(ops)
+            .await
+            .map_err(|e| SubmitError::Store(e.to_string()))?
+    };
     for r in results {
         if let OpResult::Delivered(outcomes) = r {
             for (addr, o) in outcomes {
@@ -218,6 +237,29 @@ pub fn route_rcpt(
 pub struct InboundResult {
     pub queue_id: Option<String>,
     pub failed_local: Vec<String>,
+    /// With an external LMTP server for local mail and per-recipient answers: the reply
+    /// line (CRLF-terminated) for each local recipient it did not take.
+    pub local_replies: Vec<(String, String)>,
+}
+
+impl InboundResult {
+    /// The reply line for local recipient `a` when it was not taken.
+    pub fn local_reply(&self, a: &str) -> Option<String> {
+        self.local_replies
+            .iter()
+            .find(|(x, _)| x == a)
+            .map(|(_, r)| r.clone())
+    }
+}
+
+/// The recipients an external delivery did not take.
+fn not_taken(outcomes: Vec<(String, super::local::LocalOutcome)>) -> Vec<String> {
+    use super::local::LocalOutcome;
+    outcomes
+        .into_iter()
+        .filter(|(_, o)| !matches!(o, LocalOutcome::Stored | LocalOutcome::Duplicate))
+        .map(|(a, _)| a)
+        .collect()
 }
 
 /// Stores local copies and queues the rest of an inbound message in ONE `store.apply`; the
@@ -227,6 +269,21 @@ pub async fn accept(
     store: &Store,
     delivery: Option<&std::sync::Arc<crate::delivery::Delivery>>,
     inbound: Inbound,
+) -> Result<InboundResult, SubmitError> {
+    accept_with(cfg, store, delivery, inbound, false).await
+}
+
+/// [`accept`], saying whether the caller answers each recipient on its own (LMTP). With an
+/// external LMTP server for local mail (`[delivery] local`), local copies are handed to it
+/// first: with per-recipient answers, what it refused is reported in `local_replies`
+/// (its 4xx/5xx, for the client to retry or bounce); with one answer (SMTP), what it did
+/// not take is queued and retried or bounced by the queue runner.
+pub async fn accept_with(
+    cfg: &Config,
+    store: &Store,
+    delivery: Option<&std::sync::Arc<crate::delivery::Delivery>>,
+    inbound: Inbound,
+    per_recipient: bool,
 ) -> Result<InboundResult, SubmitError> {
     if inbound.local.is_empty() && inbound.remote.is_empty() {
         return Err(SubmitError::NoRecipients);
@@ -241,17 +298,44 @@ pub async fn accept(
     message.extend_from_slice(&inbound.message);
     let message = bytes::Bytes::from(message);
     let mut ops = Vec::new();
+    let mut queued = inbound.remote.clone();
+    let mut local_replies = Vec::new();
     if !inbound.local.is_empty() {
-        ops.push(Op::Deliver(LocalDelivery {
+        let d = LocalDelivery {
             dedupe: None,
             recipients: inbound.local.clone(),
             folder: crate::store::INBOX.into(),
             message: message.clone(),
             internal_date: now,
             flags: Vec::new(),
-        }));
+        };
+        if super::local::is_external(cfg) {
+            let outcomes = super::local::deliver(cfg, store, &inbound.sender, d).await;
+            if per_recipient {
+                use super::local::LocalOutcome;
+                for (a, o) in outcomes {
+                    if let LocalOutcome::Failed(r) | LocalOutcome::Deferred(r) = o {
+                        let line = format!(
+                            "{} {} <{a}> {}\r\n",
+                            r.code,
+                            r.status(),
+                            if r.text.is_empty() {
+                                "refused"
+                            } else {
+                                &r.text
+                            }
+                        );
+                        local_replies.push((a, line));
+                    }
+                }
+            } else {
+                queued.extend(not_taken(outcomes));
+            }
+        } else {
+            ops.push(Op::Deliver(d));
+        }
     }
-    let queue_id = if inbound.remote.is_empty() {
+    let queue_id = if queued.is_empty() {
         None
     } else {
         let origin = MailAddress::parse(&inbound.sender)
@@ -265,7 +349,7 @@ pub async fn accept(
             id: id.clone(),
             origin,
             sender: inbound.sender.clone(),
-            recipients: inbound.remote.clone(),
+            recipients: queued,
             created: now,
             next_attempt: now,
             expires: now + cfg.delivery.expire_secs as i64,
@@ -273,10 +357,14 @@ pub async fn accept(
         }));
         Some(id)
     };
-    let results = store
-        .apply(ops)
-        .await
-        .map_err(|e| SubmitError::Store(e.to_string()))?;
+    let results = if ops.is_empty() {
+        Vec::new()
+    } else {
+        store
+            .apply(ops)
+            .await
+            .map_err(|e| SubmitError::Store(e.to_string()))?
+    };
     let mut failed_local = Vec::new();
     for r in results {
         if let OpResult::Delivered(outcomes) = r {
@@ -294,6 +382,7 @@ pub async fn accept(
     Ok(InboundResult {
         queue_id,
         failed_local,
+        local_replies,
     })
 }
 

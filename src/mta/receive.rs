@@ -21,7 +21,7 @@ use crate::addr::MailAddress;
 use crate::registry::RegistryMark;
 use crate::s2s::InboundEvent;
 use crate::server::Core;
-use crate::store::{DedupeKey, LocalDelivery, Op, OpResult, RcptOutcome};
+use crate::store::{DedupeKey, LocalDelivery};
 use crate::xml::ns;
 use crate::xml::writer::escape_attr;
 
@@ -602,7 +602,7 @@ fn deliver(core: Arc<Core>, origin: &Origin, mail_id: String, env: Envelope, dat
             }
         }
         if !known.is_empty() {
-            let op = Op::Deliver(LocalDelivery {
+            let d = LocalDelivery {
                 dedupe: Some(DedupeKey {
                     domain: from_domain.clone(),
                     mail_id: mail_id.clone(),
@@ -612,33 +612,28 @@ fn deliver(core: Arc<Core>, origin: &Origin, mail_id: String, env: Envelope, dat
                 message: message.into(),
                 internal_date: now,
                 flags: Vec::new(),
-            });
-            match core.store.apply(vec![op]).await {
-                Ok(results) => {
-                    let outcomes = match results.into_iter().next() {
-                        Some(OpResult::Delivered(o)) => o,
-                        _ => Vec::new(),
-                    };
-                    for (orig, canon) in &canon_of {
-                        let outcome = outcomes.iter().find(|(a, _)| a == canon).map(|(_, o)| o);
-                        receipts.push(match outcome {
-                            Some(RcptOutcome::Stored { .. }) => stored(orig, false),
-                            Some(RcptOutcome::Duplicate) => stored(orig, true),
-                            Some(RcptOutcome::NoSuchUser) | Some(RcptOutcome::NoSuchFolder) => {
-                                failed(orig, "550", "5.1.1", "No such user here")
-                            }
-                            None => deferred(orig, "internal: no outcome"),
-                        });
-                    }
-                    info!(%from_domain, %mail_id, size = data.len(), recipients = outcomes.len(), "mail stored");
-                }
-                Err(e) => {
-                    warn!(%from_domain, %mail_id, error = %e, "could not store mail; deferring");
-                    for (orig, _) in &canon_of {
-                        receipts.push(deferred(orig, "mailbox store temporarily unavailable"));
-                    }
-                }
+            };
+            // The local-delivery seam: the built-in store, or the configured LMTP server.
+            let n = d.recipients.len();
+            let outcomes =
+                crate::delivery::local::deliver(&core.cfg, &core.store, &env.mail_from, d).await;
+            use crate::delivery::local::LocalOutcome;
+            for (orig, canon) in &canon_of {
+                let outcome = outcomes.iter().find(|(a, _)| a == canon).map(|(_, o)| o);
+                receipts.push(match outcome {
+                    Some(LocalOutcome::Stored) => stored(orig, false),
+                    Some(LocalOutcome::Duplicate) => stored(orig, true),
+                    Some(LocalOutcome::Failed(r)) => failed(
+                        orig,
+                        &r.code.to_string(),
+                        &r.enhanced.clone().unwrap_or_else(|| "5.0.0".into()),
+                        &r.text,
+                    ),
+                    Some(LocalOutcome::Deferred(r)) => deferred(orig, &r.text),
+                    None => deferred(orig, "internal: no outcome"),
+                });
             }
+            info!(%from_domain, %mail_id, size = data.len(), recipients = n, "mail stored");
         }
         // Keep the receipt in envelope order.
         receipts.sort_by_key(|r| {

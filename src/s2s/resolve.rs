@@ -160,6 +160,24 @@ impl Resolver {
         }
     }
 
+    /// Whether `domain` announces an XMPP server: a `[s2s.routes]` entry, or an SRV
+    /// `_xmpp-server._tcp` record other than the "." refusal. No record (or NXDOMAIN) is
+    /// `Ok(false)`; a failed lookup is an error (the caller must not conclude anything).
+    pub async fn has_xmpp_srv(&self, domain: &str) -> Result<bool, ResolveError> {
+        if self.routes.contains_key(domain) {
+            return Ok(true);
+        }
+        let srv_name = format!("_xmpp-server._tcp.{domain}.");
+        match self.dns.srv_lookup(srv_name.as_str()).await {
+            Ok(lookup) => Ok(lookup.answers().iter().any(|r| match &r.data {
+                RData::SRV(srv) => !srv.target.to_ascii().trim_end_matches('.').is_empty(),
+                _ => false,
+            })),
+            Err(e) if e.is_no_records_found() || e.is_nx_domain() => Ok(false),
+            Err(e) => Err(ResolveError::Dns(srv_name, e.to_string())),
+        }
+    }
+
     /// Socket addresses for one target host.
     pub async fn addresses(&self, target: &Target) -> Result<Vec<SocketAddr>, ResolveError> {
         if let Ok(ip) = target.host.parse::<std::net::IpAddr>() {

@@ -17,7 +17,7 @@ use tracing::{debug, info, warn};
 use super::data::{DataProblem, DataReader};
 use super::{MAX_AUTH_LINE, MAX_COMMAND_LINE, Mode, Shared, auth, downgrade};
 use crate::config::DowngradePolicy;
-use crate::delivery::submit::{Inbound, RcptRefusal, Route, accept, route_rcpt};
+use crate::delivery::submit::{Inbound, RcptRefusal, Route, accept_with, route_rcpt};
 use crate::server::Core;
 
 #[derive(Debug, thiserror::Error)]
@@ -798,7 +798,17 @@ impl Session {
             message,
             received_header: trace,
         };
-        match accept(&cfg, &self.core.store, Some(&self.core.delivery), inbound).await {
+        // LMTP answers per recipient, so an external local delivery target (Dovecot) can
+        // refuse one recipient without failing the others.
+        let per_rcpt = self.mode == Mode::Lmtp;
+        let accepted = accept_with(
+            &cfg,
+            &self.core.store,
+            Some(&self.core.delivery),
+            inbound,
+            per_rcpt,
+        );
+        match accepted.await {
             Ok(res) => {
                 info!(peer = %self.peer, %id, from = %sender, rcpts = rcpts.len(),
                       queued = ?res.queue_id, "smtp message accepted");
@@ -807,6 +817,9 @@ impl Session {
                     Mode::Lmtp => Ok(rcpts
                         .iter()
                         .map(|(_, route)| match route {
+                            Route::Local(a) if res.local_reply(a).is_some() => {
+                                res.local_reply(a).unwrap_or_default()
+                            }
                             Route::Local(a) if res.failed_local.contains(a) => {
                                 reply(550, "5.1.1", &format!("<{a}> no such user here"))
                             }

@@ -73,6 +73,19 @@ impl<'txn> Tables<'txn> {
                     only_if_absent,
                 } => self.put_secret(name, value, *only_if_absent)?,
                 Op::PruneDedupe { older_than } => self.prune_dedupe(*older_than)?,
+                Op::RecordDedupe {
+                    key,
+                    recipients,
+                    at,
+                } => {
+                    for rcpt in recipients {
+                        self.dedupe.insert(
+                            (key.domain.as_str(), key.mail_id.as_str(), rcpt.as_str()),
+                            *at,
+                        )?;
+                    }
+                    OpResult::Recorded(recipients.len() as u64)
+                }
             };
             results.push(result);
         }

@@ -226,6 +226,13 @@ pub enum Op {
     },
     /// Forget dedupe records older than `older_than` (unix seconds).
     PruneDedupe { older_than: i64 },
+    /// Write dedupe records for recipients whose copy was stored elsewhere (an external
+    /// LMTP server), so a retry of the same mail is recognised (XEP-MTA §11.3).
+    RecordDedupe {
+        key: DedupeKey,
+        recipients: Vec<String>,
+        at: i64,
+    },
 }
 
 /// The outcome of one [`Op`], in the same position.
@@ -249,6 +256,8 @@ pub enum OpResult {
     Secret(Vec<u8>),
     /// Number of dedupe records removed.
     Pruned(u64),
+    /// Number of dedupe records written.
+    Recorded(u64),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,7 +5,9 @@
 #![allow(dead_code)]
 
 pub mod c2s;
+pub mod dovecot;
 pub mod ejabberd;
+pub mod postfix;
 pub mod prosody;
 pub mod registry;
 pub mod smtp;
