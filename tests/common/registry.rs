@@ -331,9 +331,19 @@ impl TlsRaw {
             .with_client_auth_cert(chain, key)
             .unwrap();
         let name = ServerName::try_from(to.to_string()).unwrap();
-        let conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), name).unwrap();
+        let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), name).unwrap();
+        // Finish the handshake on a blocking socket first: with the short read timeout
+        // used for polling, a slow server would make it fail half-way.
+        let mut sock = raw.sock;
+        sock.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        while conn.is_handshaking() {
+            conn.complete_io(&mut sock).expect("TLS handshake");
+        }
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
         let mut t = TlsRaw {
-            s: rustls::StreamOwned::new(conn, raw.sock),
+            s: rustls::StreamOwned::new(conn, sock),
             got: String::new(),
         };
         t.send(&stream_header(from, to));
@@ -345,10 +355,16 @@ impl TlsRaw {
         t
     }
 
+    /// Encrypts and writes `s` without reading (a read could time out and lose the data).
     pub fn send(&mut self, s: &str) {
         use std::io::Write;
-        let _ = self.s.write_all(s.as_bytes());
-        let _ = self.s.flush();
+        let _ = self.s.conn.writer().write_all(s.as_bytes());
+        while self.s.conn.wants_write() {
+            if self.s.conn.write_tls(&mut self.s.sock).is_err() {
+                // A peer may close first; that is what some dialogs test.
+                return;
+            }
+        }
     }
 
     /// Reads until `pred` holds, EOF or `secs` pass; true if pred held.
