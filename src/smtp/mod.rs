@@ -107,12 +107,13 @@ impl Shared {
 }
 
 /// Accepts connections on `listener` until the process ends; `slots` bounds the
-/// connections of all SMTP/LMTP listeners together.
+/// connections of all SMTP/LMTP listeners together. `implicit_tls`: TLS from the first
+/// byte (RFC 8314 submissions, port 465 style).
 pub async fn serve(
     core: Arc<Core>,
     shared: Arc<Shared>,
     listener: TcpListener,
-    mode: Mode,
+    (mode, implicit_tls): (Mode, bool),
     slots: Arc<Semaphore>,
 ) {
     loop {
@@ -131,7 +132,7 @@ pub async fn serve(
                 tokio::spawn(async move {
                     let _permit = permit;
                     let mut s = session::Session::new(core, shared, mode, peer);
-                    match s.run(sock).await {
+                    match s.run(sock, implicit_tls).await {
                         Ok(()) | Err(session::SessionError::Closed) => {}
                         Err(e) => debug!(%peer, error = %e, "smtp session ended"),
                     }
