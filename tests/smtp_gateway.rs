@@ -239,8 +239,48 @@ s.quit()
         "{implicit}"
     );
     assert!(implicit.contains("send {}"), "{implicit}");
+    // swaks (Perl, Net::SSLeay) as a second real client: STARTTLS with the certificate
+    // verified, AUTH LOGIN.
+    let sw = std::process::Command::new("swaks")
+        .args([
+            "--server",
+            &format!("127.0.0.111:{sub}"),
+            "--tls",
+            "--tls-verify",
+        ])
+        .args(["--tls-ca-path", &ca, "--tls-sni", "a.test"])
+        .args([
+            "--auth",
+            "LOGIN",
+            "--auth-user",
+            "alice@a.test",
+            "--auth-password",
+            "secret",
+        ])
+        .args(["--from", "alice@a.test", "--to", "carol@a.test"])
+        .args([
+            "--header",
+            "Subject: via-swaks",
+            "--header",
+            "From: alice@a.test",
+        ])
+        .args(["--body", "From swaks."])
+        .output()
+        .expect("swaks runs (package swaks)");
+    let sw_out = String::from_utf8_lossy(&sw.stdout);
+    assert!(
+        sw.status.success(),
+        "{sw_out}{}",
+        String::from_utf8_lossy(&sw.stderr)
+    );
+    assert!(sw_out.contains("<~  235 2.7.0"), "{sw_out}");
     let carol = a.mailbox("carol@a.test");
-    assert_eq!(carol.len(), 2, "the good message and the implicit-TLS one");
+    assert_eq!(
+        carol.len(),
+        3,
+        "the good, the implicit-TLS and the swaks message"
+    );
+    assert!(carol.iter().any(|m| m.subject == "via-swaks"));
     assert!(carol.iter().any(|m| m.subject == "implicit-tls"));
     let uid = carol
         .iter()
