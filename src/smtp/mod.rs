@@ -21,6 +21,8 @@
 //! - STARTTLS (RFC 3207): after the TLS handshake all session state is forgotten (EHLO
 //!   again, no AUTH, no transaction); anything the client pipelined after STARTTLS in the
 //!   clear is discarded unread (the CVE-2011-0411 command injection).
+//! - `[smtp] submissions` listeners speak TLS from the first byte (RFC 8314) and offer no
+//!   STARTTLS; otherwise they are submission listeners.
 //! - Submission: MAIL needs AUTH; AUTH needs TLS unless `submission_plaintext_loopback`
 //!   and the client is on loopback (`538 5.7.11`). The envelope sender (`553 5.7.1`) and
 //!   every header From address (`550 5.7.1`) must be the authenticated user's address.
