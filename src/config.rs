@@ -240,6 +240,9 @@ pub struct SmtpConfig {
     /// Submission listeners (RFC 6409, port 587 style): AUTH required, STARTTLS offered.
     #[serde(default)]
     pub submission: Vec<SocketAddr>,
+    /// Submission with implicit TLS (RFC 8314, port 465 style); needs a certificate.
+    #[serde(default)]
+    pub submissions: Vec<SocketAddr>,
     /// PEM certificate chain and key for STARTTLS on the SMTP and submission listeners;
     /// `s2s.cert`/`s2s.key` when unset. Without either, STARTTLS is not offered.
     #[serde(default)]
@@ -478,6 +481,7 @@ impl Default for SmtpConfig {
             idle_timeout_secs: default_smtp_idle(),
             hostname: None,
             submission: Vec::new(),
+            submissions: Vec::new(),
             cert: None,
             key: None,
             submission_plaintext_loopback: false,
@@ -770,15 +774,23 @@ impl Config {
                 return Err(self.invalid(k, format!("{} is not a readable file", p.display())));
             }
         }
-        for a in &self.smtp.submission {
-            if self.smtp.listen.contains(a) || self.smtp.lmtp == Some(*a) {
+        if !self.smtp.submissions.is_empty() && self.smtp.cert.is_none() && self.s2s.cert.is_none()
+        {
+            return Err(self.invalid(
+                "smtp.submissions",
+                "implicit TLS needs `smtp.cert` and `smtp.key` (or `s2s.cert` and `s2s.key`)",
+            ));
+        }
+        let mut seen = self.smtp.listen.clone();
+        seen.extend(self.smtp.lmtp);
+        for a in self.smtp.submission.iter().chain(&self.smtp.submissions) {
+            if seen.contains(a) {
                 return Err(self.invalid(
                     "smtp.submission",
-                    format!(
-                        "{a} is also an SMTP or LMTP listener; one address serves one protocol"
-                    ),
+                    format!("{a} is listed twice among the SMTP, LMTP and submission listeners; one address serves one protocol"),
                 ));
             }
+            seen.push(*a);
         }
         if self.smtp.auth_max_failures == 0 || self.smtp.auth_failure_window_secs == 0 {
             return Err(self.invalid(

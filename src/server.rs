@@ -97,19 +97,25 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         let l = TcpListener::bind(addr)
             .await
             .map_err(|e| ServeError::Listen(addr.to_string(), e.to_string()))?;
-        smtp_listeners.push((l, crate::smtp::Mode::Smtp));
+        smtp_listeners.push((l, (crate::smtp::Mode::Smtp, false)));
     }
     for addr in &cfg.smtp.submission {
         let l = TcpListener::bind(addr)
             .await
             .map_err(|e| ServeError::Listen(addr.to_string(), e.to_string()))?;
-        smtp_listeners.push((l, crate::smtp::Mode::Submission));
+        smtp_listeners.push((l, (crate::smtp::Mode::Submission, false)));
+    }
+    for addr in &cfg.smtp.submissions {
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|e| ServeError::Listen(addr.to_string(), e.to_string()))?;
+        smtp_listeners.push((l, (crate::smtp::Mode::Submission, true)));
     }
     if let Some(addr) = &cfg.smtp.lmtp {
         let l = TcpListener::bind(addr)
             .await
             .map_err(|e| ServeError::Listen(addr.to_string(), e.to_string()))?;
-        smtp_listeners.push((l, crate::smtp::Mode::Lmtp));
+        smtp_listeners.push((l, (crate::smtp::Mode::Lmtp, false)));
     }
     let socketmap = match &cfg.postfix.socketmap {
         Some(addr) => Some(

@@ -177,7 +177,11 @@ s.quit()
 
 #[test]
 fn submission_with_auth_local_and_over_xmpp() {
-    let (mut a, _, sub, ca) = gateway("127.0.0.111", "verify = false\n");
+    let subs = free_port("127.0.0.111");
+    let (mut a, _, sub, ca) = gateway(
+        "127.0.0.111",
+        &format!("verify = false\nsubmissions = [\"127.0.0.111:{subs}\"]\n"),
+    );
     let mut b = Xmta::plain("b.test", "127.0.0.112");
     set_route(&mut a, "b.test", &b.addr.to_string());
     set_route(&mut b, "a.test", &a.addr.to_string());
@@ -195,6 +199,11 @@ fn submission_with_auth_local_and_over_xmpp() {
     let forged = message("carol@a.test", "carol@a.test", "forged", "Not from carol.");
     let gp = write_msg(&a, "good.eml", &good);
     let fp = write_msg(&a, "forged.eml", &forged);
+    let ip465 = write_msg(
+        &a,
+        "implicit.eml",
+        &message("alice@a.test", "carol@a.test", "implicit-tls", "Hi."),
+    );
     let out = python(
         SUBMISSION_CHECKS,
         &["127.0.0.111", &sub.to_string(), &ca, &gp, &fp],
@@ -210,9 +219,75 @@ fn submission_with_auth_local_and_over_xmpp() {
     assert!(has("forged 550 5.7.1"), "{out}");
     assert!(has("send {}"), "{out}");
     assert!(has("login 235"), "{out}");
+    // Implicit TLS (RFC 8314): TLS from the first byte, no STARTTLS offered.
+    let implicit = python(
+        r#"
+import smtplib, ssl, sys
+ctx = ssl.create_default_context(cafile=sys.argv[3])
+ctx.check_hostname = False  # the chain is still verified against the test CA
+s = smtplib.SMTP_SSL(sys.argv[1], int(sys.argv[2]), context=ctx)
+s.ehlo('laptop.example')
+print('starttls', s.has_extn('starttls'), 'auth', s.esmtp_features.get('auth', '').strip())
+s.login('alice@a.test', 'secret')
+print('send', s.sendmail('alice@a.test', ['carol@a.test'], open(sys.argv[4], 'rb').read()))
+s.quit()
+"#,
+        &["127.0.0.111", &subs.to_string(), &ca, &ip465],
+    );
+    assert!(
+        implicit.contains("starttls False auth PLAIN LOGIN"),
+        "{implicit}"
+    );
+    assert!(implicit.contains("send {}"), "{implicit}");
+    // swaks (Perl, Net::SSLeay) as a second real client: STARTTLS with the certificate
+    // verified, AUTH LOGIN.
+    let sw = std::process::Command::new("swaks")
+        .args([
+            "--server",
+            &format!("127.0.0.111:{sub}"),
+            "--tls",
+            "--tls-verify",
+        ])
+        .args(["--tls-ca-path", &ca, "--tls-sni", "a.test"])
+        .args([
+            "--auth",
+            "LOGIN",
+            "--auth-user",
+            "alice@a.test",
+            "--auth-password",
+            "secret",
+        ])
+        .args(["--from", "alice@a.test", "--to", "carol@a.test"])
+        .args([
+            "--header",
+            "Subject: via-swaks",
+            "--header",
+            "From: alice@a.test",
+        ])
+        .args(["--body", "From swaks."])
+        .output()
+        .expect("swaks runs (package swaks)");
+    let sw_out = String::from_utf8_lossy(&sw.stdout);
+    assert!(
+        sw.status.success(),
+        "{sw_out}{}",
+        String::from_utf8_lossy(&sw.stderr)
+    );
+    assert!(sw_out.contains("<~  235 2.7.0"), "{sw_out}");
     let carol = a.mailbox("carol@a.test");
-    assert_eq!(carol.len(), 1, "only the good message");
-    let got = a.show("carol@a.test", carol[0].uid);
+    assert_eq!(
+        carol.len(),
+        3,
+        "the good, the implicit-TLS and the swaks message"
+    );
+    assert!(carol.iter().any(|m| m.subject == "via-swaks"));
+    assert!(carol.iter().any(|m| m.subject == "implicit-tls"));
+    let uid = carol
+        .iter()
+        .find(|m| m.subject == "submitted")
+        .expect("submitted")
+        .uid;
+    let got = a.show("carol@a.test", uid);
     assert!(got.ends_with(&good));
     assert!(String::from_utf8_lossy(&got).contains("with ESMTPSA id "));
     b.wait_for("bob's mail over XMPP", 30, || {

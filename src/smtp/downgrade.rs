@@ -5,6 +5,10 @@
 //! urn:xmpp:mta:0). Its mail arriving over SMTP is a forgery or a downgrade: refused with
 //! `550 5.7.1`, or tagged with an `X-Xmta-Downgrade:` header and an
 //! `x-xmta-downgrade=fail` result in Authentication-Results.
+//!
+//! Known cost of checking the header From too: a mailing list that relays a local user's
+//! post back without rewriting From (as lists do for DMARC p=reject domains) is refused
+//! under "refuse"; "tag" keeps such mail.
 
 use crate::config::Config;
 use crate::known_domains::{self, Evidence};

@@ -21,6 +21,8 @@
 //! - STARTTLS (RFC 3207): after the TLS handshake all session state is forgotten (EHLO
 //!   again, no AUTH, no transaction); anything the client pipelined after STARTTLS in the
 //!   clear is discarded unread (the CVE-2011-0411 command injection).
+//! - `[smtp] submissions` listeners speak TLS from the first byte (RFC 8314) and offer no
+//!   STARTTLS; otherwise they are submission listeners.
 //! - Submission: MAIL needs AUTH; AUTH needs TLS unless `submission_plaintext_loopback`
 //!   and the client is on loopback (`538 5.7.11`). The envelope sender (`553 5.7.1`) and
 //!   every header From address (`550 5.7.1`) must be the authenticated user's address.
@@ -107,12 +109,13 @@ impl Shared {
 }
 
 /// Accepts connections on `listener` until the process ends; `slots` bounds the
-/// connections of all SMTP/LMTP listeners together.
+/// connections of all SMTP/LMTP listeners together. `implicit_tls`: TLS from the first
+/// byte (RFC 8314 submissions, port 465 style).
 pub async fn serve(
     core: Arc<Core>,
     shared: Arc<Shared>,
     listener: TcpListener,
-    mode: Mode,
+    (mode, implicit_tls): (Mode, bool),
     slots: Arc<Semaphore>,
 ) {
     loop {
@@ -131,7 +134,7 @@ pub async fn serve(
                 tokio::spawn(async move {
                     let _permit = permit;
                     let mut s = session::Session::new(core, shared, mode, peer);
-                    match s.run(sock).await {
+                    match s.run(sock, implicit_tls).await {
                         Ok(()) | Err(session::SessionError::Closed) => {}
                         Err(e) => debug!(%peer, error = %e, "smtp session ended"),
                     }

@@ -130,9 +130,22 @@ impl Session {
         self.core.cfg.smtp_hostname().to_string()
     }
 
-    pub async fn run(&mut self, sock: TcpStream) -> Result<(), SessionError> {
-        let host = self.host();
-        info!(peer = %self.peer, mode = ?self.mode, "smtp connection");
+    /// Runs the session; with `implicit_tls` (RFC 8314 submissions) the TLS handshake comes
+    /// first and STARTTLS is not offered.
+    pub async fn run(&mut self, sock: TcpStream, implicit_tls: bool) -> Result<(), SessionError> {
+        info!(peer = %self.peer, mode = ?self.mode, implicit_tls, "smtp connection");
+        if implicit_tls {
+            let Some(acceptor) = self.shared.tls.clone() else {
+                return Err(SessionError::Tls("no certificate configured".into()));
+            };
+            let tls = match tokio::time::timeout(self.idle(), acceptor.accept(sock)).await {
+                Ok(Ok(t)) => t,
+                Ok(Err(e)) => return Err(SessionError::Tls(e.to_string())),
+                Err(_) => return Err(SessionError::Tls("handshake timed out".into())),
+            };
+            self.tls = true;
+            return self.greet_and_serve(wrap(Box::new(tls))).await;
+        }
         let delay = self.core.cfg.smtp.greeting_delay_ms;
         if delay > 0 {
             let mut b = [0u8; 1];
@@ -153,7 +166,11 @@ impl Session {
                 Err(_) => {}
             }
         }
-        let mut io = wrap(Box::new(sock));
+        self.greet_and_serve(wrap(Box::new(sock))).await
+    }
+
+    async fn greet_and_serve(&mut self, mut io: Io) -> Result<(), SessionError> {
+        let host = self.host();
         let proto = match self.mode {
             Mode::Lmtp => "LMTP",
             _ => "ESMTP",
