@@ -551,6 +551,7 @@ fn deliver(core: Arc<Core>, origin: &Origin, mail_id: String, env: Envelope, dat
                             None => deferred(orig, "internal: no outcome"),
                         });
                     }
+                    crate::metrics::s2s_stored(&outcomes);
                     info!(%from_domain, %mail_id, size = data.len(), recipients = outcomes.len(), "mail stored");
                 }
                 Err(e) => {

@@ -442,6 +442,7 @@ impl Session {
         let cfg = &self.core.cfg;
         match accept(cfg, &self.core.store, Some(&self.core.delivery), inbound).await {
             Ok(res) => {
+                crate::metrics::accepted_smtp(self.mode == Mode::Lmtp);
                 info!(peer = %self.peer, %id, from = %sender, rcpts = rcpts.len(),
                       queued = ?res.queue_id, "smtp message accepted");
                 let ok = reply(250, "2.0.0", &format!("ok {id}"));
