@@ -130,12 +130,17 @@ pub fn accepted_smtp(lmtp: bool) {
     accepted(if lmtp { Path::Lmtp } else { Path::Smtp });
 }
 
-/// A mail stanza received over s2s and stored (duplicates are not counted as delivered).
+/// A mail stanza received over s2s and stored. A retransmission the store recognised as a
+/// duplicate for every recipient is not counted again.
 pub fn s2s_stored(outcomes: &[(String, crate::store::RcptOutcome)]) {
-    accepted(Path::S2s);
-    for (_, o) in outcomes {
-        delivered_if_stored(o);
+    let stored = outcomes
+        .iter()
+        .filter(|(_, o)| matches!(o, crate::store::RcptOutcome::Stored { .. }))
+        .count();
+    if stored > 0 {
+        accepted(Path::S2s);
     }
+    delivered(Path::Local, stored);
 }
 
 /// Counts (delivered, deferred) among (is_delivered, is_deferred) pairs.

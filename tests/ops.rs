@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use common::ops::*;
@@ -400,4 +400,295 @@ fn import_through_running_server_mbox_and_maildir() {
     assert!(body.contains("\r\nFrom the quoted line"), "{body}");
     assert!(!body.contains("Status:"), "{body}");
     assert!(!body.ends_with("\r\n\r\n"), "mbox separator kept: {body:?}");
+}
+
+fn subjects(x: &Xmta, user: &str) -> Vec<String> {
+    x.mailbox(user).into_iter().map(|l| l.subject).collect()
+}
+
+/// A backup taken while a.test keeps sending to b.test is the store of one moment:
+/// restored into a fresh data dir, it holds exactly as many messages as the backup said,
+/// each of them one that b.test really received, none twice.
+#[test]
+fn backup_while_mail_flows_then_restore_into_fresh_dir() {
+    let (mut a, mut b) = pair("127.0.0.157", "127.0.0.158", "", "");
+    a.start();
+    b.start();
+    a.add_user("alice@a.test");
+    b.add_user("bob@b.test");
+    let total = 40;
+    let file = b.dir.path().join("b.backup");
+    let report = std::thread::scope(|s| {
+        let sender = s.spawn(|| {
+            for i in 0..total {
+                let m = message("alice@a.test", "bob@b.test", &format!("flow-{i}"), "x");
+                a.send("alice@a.test", &["bob@b.test"], &m);
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        });
+        b.wait_for("some mail", 60, || b.mailbox("bob@b.test").len() >= 5);
+        let report = String::from_utf8(b.ok(&["backup", file.to_str().unwrap()], b"")).unwrap();
+        sender.join().unwrap();
+        report
+    });
+    // "backup FILE: 1 users, 5 folders, N messages, ..."
+    let n: usize = report
+        .split(" messages")
+        .next()
+        .and_then(|h| h.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {report:?}"));
+    assert!(report.contains("1 users"), "{report}");
+    b.wait_for("all mail", 60, || b.mailbox("bob@b.test").len() == total);
+    let all: BTreeSet<String> = subjects(&b, "bob@b.test").into_iter().collect();
+    assert_eq!(all.len(), total);
+    assert!(n >= 5 && n <= total, "{report}");
+
+    let mut c = Xmta::plain("b.test", "127.0.0.159");
+    // Restoring while the server of that data dir runs is refused.
+    let out = b.cmd(&["restore", file.to_str().unwrap(), "--force"], b"");
+    assert!(!out.status.success());
+    assert!(
+        out_of(&out).contains("stop it before restoring"),
+        "{}",
+        out_of(&out)
+    );
+    let out = String::from_utf8(c.ok(&["restore", file.to_str().unwrap()], b"")).unwrap();
+    assert!(out.contains(&format!("{n} messages")), "{out}");
+    // A second restore onto the now existing store needs --force.
+    let again = c.cmd(&["restore", file.to_str().unwrap()], b"");
+    assert!(!again.status.success());
+    assert!(out_of(&again).contains("--force"), "{}", out_of(&again));
+    c.start();
+    let restored = subjects(&c, "bob@b.test");
+    assert_eq!(restored.len(), n, "restored {restored:?}, backup said {n}");
+    let set: BTreeSet<String> = restored.iter().cloned().collect();
+    assert_eq!(set.len(), n, "a message twice: {restored:?}");
+    assert!(set.is_subset(&all), "{set:?} not within {all:?}");
+    // The messages are whole.
+    let uid = c.mailbox("bob@b.test")[0].uid;
+    assert!(String::from_utf8_lossy(&c.show("bob@b.test", uid)).contains("Subject: flow-"));
+}
+
+fn metrics_extra(ip: &str) -> (String, std::net::SocketAddr) {
+    let port = free_port(ip);
+    let addr: std::net::SocketAddr = format!("{ip}:{port}").parse().unwrap();
+    (format!("[metrics]\nlisten = \"{addr}\"\n"), addr)
+}
+
+/// Counters scraped during an exchange of N mails match N on both sides.
+#[test]
+fn metrics_count_mail_between_two_servers() {
+    let (ea, ma) = metrics_extra("127.0.0.160");
+    let (eb, mb) = metrics_extra("127.0.0.161");
+    let (mut a, mut b) = pair("127.0.0.160", "127.0.0.161", &ea, &eb);
+    a.start();
+    b.start();
+    a.add_user("alice@a.test");
+    b.add_user("bob@b.test");
+    let (code, body) = http_get(ma, "/healthz");
+    assert_eq!((code, body.as_str()), (200, "ok\n"));
+    assert_eq!(http_get(ma, "/nope").0, 404);
+    let n = 12;
+    for i in 0..n {
+        let m = message("alice@a.test", "bob@b.test", &format!("m-{i}"), "x");
+        a.send("alice@a.test", &["bob@b.test"], &m);
+    }
+    b.wait_for("all mail", 60, || b.mailbox("bob@b.test").len() == n);
+    a.wait_for("a's queue to empty", 60, || a.queue().is_empty());
+    let pa = http_get(ma, "/metrics").1;
+    let pb = http_get(mb, "/metrics").1;
+    let nf = n as f64;
+    assert_eq!(
+        sample(&pa, "xmta_messages_accepted_total{path=\"local\"}"),
+        Some(nf),
+        "{pa}"
+    );
+    // Receipts are recorded just after the queue item is removed: poll briefly.
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    let mut pa = pa;
+    while sample(&pa, "xmta_messages_delivered_total{path=\"s2s\"}") != Some(nf) {
+        assert!(Instant::now() < deadline, "{pa}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        pa = http_get(ma, "/metrics").1;
+    }
+    assert_eq!(
+        sample(&pa, "xmta_messages_bounced_total{path=\"s2s\"}"),
+        Some(0.0)
+    );
+    assert_eq!(sample(&pa, "xmta_queue_messages"), Some(0.0), "{pa}");
+    assert_eq!(
+        sample(&pa, "xmta_queue_oldest_age_seconds"),
+        Some(0.0),
+        "{pa}"
+    );
+    assert!(sample(&pa, "xmta_s2s_connections_total{direction=\"outbound\"}").unwrap() >= 1.0);
+    assert!(
+        sample(
+            &pa,
+            "xmta_dialback_total{role=\"outbound\",result=\"valid\"}"
+        )
+        .unwrap()
+            >= 1.0,
+        "{pa}"
+    );
+    assert_eq!(
+        sample(&pb, "xmta_messages_accepted_total{path=\"s2s\"}"),
+        Some(nf),
+        "{pb}"
+    );
+    assert_eq!(
+        sample(&pb, "xmta_messages_delivered_total{path=\"local\"}"),
+        Some(nf),
+        "{pb}"
+    );
+    assert_eq!(
+        sample(&pb, "xmta_messages_accepted_total{path=\"smtp\"}"),
+        Some(0.0)
+    );
+    assert!(
+        sample(&pb, "xmta_s2s_connections{direction=\"inbound\"}").unwrap() >= 1.0,
+        "{pb}"
+    );
+    assert!(
+        sample(
+            &pb,
+            "xmta_dialback_total{role=\"inbound\",result=\"valid\"}"
+        )
+        .unwrap()
+            >= 1.0,
+        "{pb}"
+    );
+    assert!(
+        sample(&pb, "xmta_store_flush_seconds_count").unwrap() >= nf,
+        "{pb}"
+    );
+    assert!(
+        pb.contains("xmta_store_flush_seconds_bucket{le=\"+Inf\"}"),
+        "{pb}"
+    );
+}
+
+/// SIGTERM while mail flows: the server exits 0, and after a restart every message the
+/// sender accepted arrives exactly once. SIGHUP before that changes the log level.
+#[test]
+fn sigterm_loses_no_mail_in_flight_and_sighup_reloads() {
+    let (mut a, b) = pair("127.0.0.162", "127.0.0.163", "", "");
+    a.start();
+    let mut srv = Guard(Some(spawn_serve(&b)));
+    a.add_user("alice@a.test");
+    b.add_user("bob@b.test");
+
+    // SIGHUP: the log level changes at once; another changed key is named.
+    let cfg = std::fs::read_to_string(&b.config).unwrap();
+    let cfg = cfg
+        .replace("level = \"xmta=debug,info\"", "level = \"info\"")
+        .replace("retry_initial_secs = 1", "retry_initial_secs = 2");
+    std::fs::write(&b.config, cfg).unwrap();
+    srv.signal("HUP");
+    b.wait_for("the reload", 10, || {
+        b.log().contains("SIGHUP: config reloaded")
+    });
+    let log = b.log();
+    assert!(log.contains("SIGHUP: log level changed"), "{log}");
+    assert!(log.contains("takes effect only after a restart"), "{log}");
+    assert!(log.contains("delivery"), "{log}");
+
+    let total = 30;
+    let stopped = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let sender = s.spawn(|| {
+            for i in 0..total {
+                // The second half is sent only once b.test is down.
+                while i == total / 2 && !stopped.load(std::sync::atomic::Ordering::SeqCst) {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                let m = message("alice@a.test", "bob@b.test", &format!("t-{i}"), "x");
+                a.send("alice@a.test", &["bob@b.test"], &m);
+                std::thread::sleep(std::time::Duration::from_millis(15));
+            }
+        });
+        b.wait_for("some mail", 60, || b.mailbox("bob@b.test").len() >= 5);
+        srv.signal("TERM");
+        let t0 = Instant::now();
+        let st = srv.wait_exit(20);
+        eprintln!("stopped in {:?}", t0.elapsed());
+        stopped.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(st.success(), "exit status {st}\n{}", b.log_tail(30));
+        sender.join().unwrap();
+    });
+    assert!(b.log().contains("store flushed; bye"), "{}", b.log_tail(30));
+    let before = b.mailbox("bob@b.test").len();
+    assert!(before <= total / 2, "{before} arrived before the stop");
+    let _srv2 = Guard(Some(spawn_serve(&b)));
+    b.wait_for("all mail after the restart", 90, || {
+        b.mailbox("bob@b.test").len() >= total
+    });
+    a.wait_for("a's queue to empty", 60, || a.queue().is_empty());
+    let got = subjects(&b, "bob@b.test");
+    let set: BTreeSet<String> = got.iter().cloned().collect();
+    assert_eq!(got.len(), total, "{got:?}");
+    assert_eq!(set.len(), total, "a message twice: {got:?}");
+}
+
+/// SIGTERM during an SMTP transaction: the listener stops accepting at once, the open
+/// session may finish its DATA (250 after the commit), then the process exits 0.
+#[test]
+fn sigterm_lets_an_smtp_transaction_finish() {
+    use std::io::{BufRead, BufReader, Write};
+    let ip = "127.0.0.164";
+    let smtp_port = free_port(ip);
+    let smtp: std::net::SocketAddr = format!("{ip}:{smtp_port}").parse().unwrap();
+    let x = Xmta::new(Spec {
+        domain: "b.test",
+        ip,
+        routes: vec![],
+        extra: &format!("[smtp]\nlisten = [\"{smtp}\"]\n\n[shutdown]\ngrace_secs = 20\n"),
+        s2s_extra: "",
+    });
+    let mut srv = Guard(Some(spawn_serve(&x)));
+    x.add_user("bob@b.test");
+    let sock = std::net::TcpStream::connect(smtp).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut r = BufReader::new(sock.try_clone().unwrap());
+    let mut w = sock;
+    let mut reply = |w: &mut std::net::TcpStream, send: &str| -> String {
+        if !send.is_empty() {
+            w.write_all(send.as_bytes()).unwrap();
+        }
+        let mut all = String::new();
+        loop {
+            let mut l = String::new();
+            r.read_line(&mut l).unwrap();
+            all.push_str(&l);
+            if l.len() < 4 || l.as_bytes()[3] != b'-' {
+                return all;
+            }
+        }
+    };
+    assert!(reply(&mut w, "").starts_with("220"));
+    assert!(reply(&mut w, "EHLO client.test\r\n").starts_with("250"));
+    assert!(reply(&mut w, "MAIL FROM:<carol@c.test>\r\n").starts_with("250"));
+    assert!(reply(&mut w, "RCPT TO:<bob@b.test>\r\n").starts_with("250"));
+    assert!(reply(&mut w, "DATA\r\n").starts_with("354"));
+    srv.signal("TERM");
+    // New connections are refused once the listener is gone.
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect_timeout(&smtp, std::time::Duration::from_millis(200)).is_ok()
+    {
+        assert!(Instant::now() < deadline, "still accepting after SIGTERM");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        srv.0.as_mut().unwrap().try_wait().unwrap().is_none(),
+        "exited during the transaction"
+    );
+    let msg = "From: carol@c.test\r\nTo: bob@b.test\r\nSubject: in-flight\r\n\r\nhello\r\n.\r\n";
+    assert!(reply(&mut w, msg).starts_with("250"), "DATA not accepted");
+    assert!(reply(&mut w, "QUIT\r\n").starts_with("221"));
+    let st = srv.wait_exit(20);
+    assert!(st.success(), "exit status {st}\n{}", x.log_tail(30));
+    let store = xmta::store::Store::open(&x.data_dir().join("xmta.redb")).unwrap();
+    assert_eq!(store.messages("bob@b.test", "INBOX").unwrap().len(), 1);
 }
