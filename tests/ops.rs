@@ -459,7 +459,23 @@ fn backup_while_mail_flows_then_restore_into_fresh_dir() {
     let again = c.cmd(&["restore", file.to_str().unwrap()], b"");
     assert!(!again.status.success());
     assert!(out_of(&again).contains("--force"), "{}", out_of(&again));
+    // The restored server logs in JSON ([log] format = "json").
+    let cfg = std::fs::read_to_string(&c.config).unwrap();
+    std::fs::write(
+        &c.config,
+        cfg.replace(
+            "level = \"xmta=debug,info\"",
+            "level = \"xmta=debug,info\"\nformat = \"json\"",
+        ),
+    )
+    .unwrap();
     c.start();
+    let log = c.log();
+    let ready = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["fields"]["message"] == "xmta ready");
+    assert!(ready.is_some(), "no JSON 'xmta ready' line in:\n{log}");
     let restored = subjects(&c, "bob@b.test");
     assert_eq!(restored.len(), n, "restored {restored:?}, backup said {n}");
     let set: BTreeSet<String> = restored.iter().cloned().collect();

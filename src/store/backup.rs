@@ -43,12 +43,13 @@ impl Store {
             StoreError::Io("the store could not be reopened after an error".into())
         })?;
         let txn = db.begin_read()?;
-        // The snapshot is taken; the lock only guards against a concurrent reopen.
+        // The snapshot is taken: the slot's lock (which only a reopen after an I/O error
+        // waits for) is not held while copying.
+        drop(slot);
         let partial = partial_path(dest);
         let _ = std::fs::remove_file(&partial);
         let result = write_copy(&txn, &partial);
         drop(txn);
-        drop(slot);
         match result {
             Ok(stats) => {
                 sync_file(&partial)?;
