@@ -134,6 +134,12 @@ fn check_passes_good_config_and_names_each_fault() {
     assert_eq!(code, 2, "{out}");
     assert!(line(&out, "FAIL certificate:").contains("expired"), "{out}");
 
+    // A key that is not the certificate's.
+    let mismatched = (good.0.clone(), expired.1.clone());
+    let (code, out) = check(&check_config(&x, &good_dns, Some(&mismatched), &data));
+    assert_eq!(code, 2, "{out}");
+    assert!(line(&out, "FAIL certificate:").contains("key"), "{out}");
+
     // Certificate for another name.
     let wrong = cert(x.dir.path(), "wrong", &["other.test"], y - 1, y + 2);
     let (code, out) = check(&check_config(&x, &good_dns, Some(&wrong), &data));
