@@ -714,3 +714,115 @@ fn sigterm_lets_an_smtp_transaction_finish() {
     let store = xmta::store::Store::open(&x.data_dir().join("xmta.redb")).unwrap();
     assert_eq!(store.messages("bob@b.test", "INBOX").unwrap().len(), 1);
 }
+
+/// Python's `mailbox` module (a real Maildir and mbox writer) makes both formats with
+/// flags and dates; both import with them intact. Its Maildir keeps the date in the mtime
+/// (the file name carries the time of writing), its mbox in the `From ` line and the
+/// flags in Status/X-Status.
+#[test]
+fn import_what_python_mailbox_wrote() {
+    let x = Xmta::plain("b.test", "127.0.0.167");
+    x.add_user("bob@b.test");
+    let dir = x.dir.path();
+    let script = r#"
+import mailbox, sys, time
+base = 1600000000
+md = mailbox.Maildir(sys.argv[1], create=True)
+mb = mailbox.mbox(sys.argv[2], create=True)
+flags_md = ["", "S", "RS", "FS", "D", "PS", "ST", "DFPRST"]
+flags_mb = ["", "R", "RA", "RF", "T", "RD", "O", "RAFTD"]
+for i in range(40):
+    text = "From: p%d@py.test\nTo: bob@b.test\nSubject: msg-%d\n\nFrom the start of a line\nbody %d\n" % (i, i, i)
+    m = mailbox.MaildirMessage(text)
+    m.set_subdir("cur")
+    m.set_flags(flags_md[i % 8])
+    m.set_date(base + i * 3600)
+    md.add(m)
+    n = mailbox.mboxMessage(text)
+    n.set_flags(flags_mb[i % 8])
+    n.set_from("p%d@py.test" % i, time.gmtime(base + i * 60))
+    mb.add(n)
+mb.flush()
+"#;
+    let md = dir.join("Maildir");
+    let mbox = dir.join("py.mbox");
+    let st = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&md)
+        .arg(&mbox)
+        .status()
+        .expect("python3");
+    assert!(st.success());
+    let o = x.cmd(
+        &["import", "maildir", md.to_str().unwrap(), "bob@b.test"],
+        b"",
+    );
+    assert!(
+        out_of(&o).contains("imported 40 messages"),
+        "{}",
+        out_of(&o)
+    );
+    let o = x.cmd(
+        &[
+            "import",
+            "mbox",
+            mbox.to_str().unwrap(),
+            "bob@b.test",
+            "--folder",
+            "Junk",
+        ],
+        b"",
+    );
+    assert!(
+        out_of(&o).contains("imported 40 messages"),
+        "{}",
+        out_of(&o)
+    );
+    let inbox = read_store(&x.data_dir(), "bob@b.test", "INBOX");
+    let junk = read_store(&x.data_dir(), "bob@b.test", "Junk");
+    let mb_flags = |s: &str| -> Vec<String> {
+        let mut v = Vec::new();
+        for (c, f) in [
+            ('R', "\\Seen"),
+            ('A', "\\Answered"),
+            ('F', "\\Flagged"),
+            ('T', "\\Draft"),
+            ('D', "\\Deleted"),
+        ] {
+            if s.contains(c) {
+                v.push(f.to_string());
+            }
+        }
+        v.sort();
+        v
+    };
+    let flags_md = ["", "S", "RS", "FS", "D", "PS", "ST", "DFPRST"];
+    let flags_mb = ["", "R", "RA", "RF", "T", "RD", "O", "RAFTD"];
+    for i in 0..40usize {
+        assert_eq!(
+            inbox[&i],
+            (info_flags(flags_md[i % 8]), 1_600_000_000 + i as i64 * 3600),
+            "maildir msg-{i}"
+        );
+        assert_eq!(
+            junk[&i],
+            (mb_flags(flags_mb[i % 8]), 1_600_000_000 + i as i64 * 60),
+            "mbox msg-{i}"
+        );
+    }
+    // Python quoted the body's "From " line (mboxo); the import restores it.
+    let store = xmta::store::Store::open(&x.data_dir().join("xmta.redb")).unwrap();
+    let uid = store.messages("bob@b.test", "Junk").unwrap()[0].uid;
+    let body = String::from_utf8(
+        store
+            .message_body("bob@b.test", "Junk", uid)
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        body.contains("\r\n\r\nFrom the start of a line\r\n"),
+        "{body:?}"
+    );
+}

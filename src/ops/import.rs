@@ -18,9 +18,9 @@
 //! D = \Deleted) headers, which are mbox bookkeeping and are removed from the stored copy
 //! (with `X-UID`, `X-IMAP`, `X-IMAPbase`, `X-Keywords`; the keywords become flags).
 //!
-//! Dates (the IMAP INTERNALDATE): Maildir: the delivery time at the start of the file name
-//! (`1733040000.M1P2.host:2,S`), else the file's mtime; mbox: the date of the `From ` line,
-//! else the `Date:` header, else now.
+//! Dates (the IMAP INTERNALDATE): Maildir: the earlier of the delivery time at the start of
+//! the file name (`1733040000.M1P2.host:2,S`) and the file's mtime (see [`maildir_date`]);
+//! mbox: the date of the `From ` line, else the `Date:` header, else now.
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, IsTerminal};
@@ -379,15 +379,12 @@ impl Source {
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default();
-                let date = maildir_name_time(&name)
-                    .or_else(|| {
-                        std::fs::metadata(p)
-                            .and_then(|m| m.modified())
-                            .ok()
-                            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                            .map(|d| d.as_secs() as i64)
-                    })
-                    .unwrap_or_else(crate::now);
+                let mtime = std::fs::metadata(p)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|d| d.as_secs() as i64);
+                let date = maildir_date(maildir_name_time(&name), mtime);
                 Ok(Some(Parsed {
                     bytes,
                     flags: maildir_flags(&name, keywords),
@@ -426,6 +423,19 @@ pub fn maildir_flags(name: &str, keywords: &[(char, String)]) -> Vec<String> {
         }
     }
     out
+}
+
+/// The INTERNALDATE of a Maildir message: the earlier of the file name's delivery time and
+/// the file's mtime. Dovecot (and Python's `mailbox`) keep the received date in the mtime,
+/// which an IMAP APPEND with a date sets to before the name's time; a copy without
+/// preserved times (`cp -r`) moves the mtime to after it. Either way the earlier one is
+/// the message's.
+pub fn maildir_date(name_time: Option<i64>, mtime: Option<i64>) -> i64 {
+    match (name_time, mtime) {
+        (Some(a), Some(b)) => a.min(b),
+        (Some(a), None) | (None, Some(a)) => a,
+        (None, None) => crate::now(),
+    }
 }
 
 /// The delivery time at the start of a Maildir file name, if it is one.
