@@ -562,6 +562,9 @@ impl Config {
                 .map_err(|e| self.invalid("public.hostname", format!("`{h}`: {e}")))?;
             self.public.hostname = Some(n);
         }
+        if self.metrics.max_connections == 0 {
+            return Err(self.invalid("metrics.max_connections", "must be at least 1"));
+        }
         if self.shutdown.grace_secs == 0 {
             return Err(self.invalid("shutdown.grace_secs", "must be at least 1"));
         }
@@ -616,13 +619,29 @@ impl Config {
 }
 
 /// `[metrics]`: a Prometheus text endpoint (`/metrics`) and a health check (`/healthz`).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
     /// Address of the HTTP endpoint; none by default. Keep it on loopback or a private
     /// network: it needs no authentication.
     #[serde(default)]
     pub listen: Option<SocketAddr>,
+    /// Most scrapes served at once; further connections are closed at accept.
+    #[serde(default = "default_metrics_connections")]
+    pub max_connections: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: None,
+            max_connections: default_metrics_connections(),
+        }
+    }
+}
+
+fn default_metrics_connections() -> usize {
+    16
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

@@ -341,8 +341,10 @@ pub fn render(store: Option<&Store>) -> String {
 /// Largest request head read.
 const MAX_HEAD: usize = 8192;
 
-/// Serves `/metrics` and `/healthz` on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, store: Store) {
+/// Serves `/metrics` and `/healthz` on `listener` until the task is dropped, at most
+/// `max_connections` at once.
+pub async fn serve(listener: TcpListener, store: Store, max_connections: usize) {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(max_connections));
     loop {
         let (sock, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -352,8 +354,13 @@ pub async fn serve(listener: TcpListener, store: Store) {
                 continue;
             }
         };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            debug!(%peer, "metrics connection limit reached; closing");
+            continue;
+        };
         let store = store.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let r = tokio::time::timeout(Duration::from_secs(10), handle(sock, &store)).await;
             if let Ok(Err(e)) = r {
                 debug!(%peer, error = %e, "metrics connection ended");
@@ -384,7 +391,7 @@ async fn handle(mut sock: TcpStream, store: &Store) -> std::io::Result<()> {
     let mut first = head.lines().next().unwrap_or_default().split_whitespace();
     let (method, target) = (first.next().unwrap_or(""), first.next().unwrap_or(""));
     let path = target.split('?').next().unwrap_or("");
-    if method != "GET" && method != "HEAD" {
+    if method != "GET" {
         return respond(&mut sock, "405 Method Not Allowed", "GET only\n").await;
     }
     match path {

@@ -161,7 +161,11 @@ async fn serve_inner(cfg: Config, reload: Option<Reload>) -> Result<(), ServeErr
         )));
     }
     if let Some(l) = metrics_listener {
-        acceptors.push(tokio::spawn(crate::metrics::serve(l, core.store.clone())));
+        acceptors.push(tokio::spawn(crate::metrics::serve(
+            l,
+            core.store.clone(),
+            cfg.metrics.max_connections,
+        )));
     }
     tokio::spawn(crate::mta::receive::run(core.clone(), rx));
     if let Some(cc) = cfg.component.clone() {

@@ -664,3 +664,14 @@ async fn registry(cfg: &Config) -> Option<Line> {
         )
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn wildcard_names() {
+        assert!(super::name_matches("a.test", "a.test"));
+        assert!(super::name_matches("*.a.test", "mail.a.test"));
+        assert!(!super::name_matches("*.a.test", "a.test"));
+        assert!(!super::name_matches("*.a.test", "x.mail.a.test"));
+    }
+}
