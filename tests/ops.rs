@@ -826,3 +826,54 @@ mb.flush()
         "{body:?}"
     );
 }
+
+/// The registry check (only with a `[registry]` zone; that section's typed config comes
+/// with the registry feature, so the section is read from the file as it stands).
+#[test]
+fn check_registry_listing() {
+    let dns = Dns::start(
+        "127.0.0.168",
+        &[
+            ("a.test.reg.test", "127.0.0.2"),
+            ("s.test.reg.test", "127.0.0.4"),
+            ("p.test.reg.test", "127.0.0.3"),
+        ],
+        &[],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let verdict = |domain: &str, registry: &str| {
+        let base = format!(
+            "[server]\ndomains = [\"{domain}\"]\ndata_dir = \"{}\"\n[dns]\nnameservers = [\"{}\"]\n",
+            dir.path().display(),
+            dns.addr
+        );
+        let mut cfg = xmta::config::Config::parse(&base, "test").unwrap();
+        let file = dir.path().join(format!("{domain}.toml"));
+        std::fs::write(&file, format!("{base}{registry}")).unwrap();
+        cfg.source = file.display().to_string();
+        rt.block_on(xmta::ops::check::registry(&cfg))
+            .map(|l| l.to_string())
+    };
+    let zone = "[registry]\nzone = \"reg.test\"\n";
+    assert_eq!(verdict("a.test", ""), None);
+    let l = verdict("a.test", "[registry]\n").unwrap();
+    assert!(l.starts_with("PASS registry: no registry.zone"), "{l}");
+    let l = verdict("a.test", zone).unwrap();
+    assert!(l.starts_with("PASS registry: listed in reg.test"), "{l}");
+    let l = verdict("s.test", zone).unwrap();
+    assert!(
+        l.starts_with("FAIL registry: suspended") && l.contains("s.test.reg.test."),
+        "{l}"
+    );
+    let l = verdict("p.test", zone).unwrap();
+    assert!(l.starts_with("WARN registry: provisional"), "{l}");
+    let l = verdict("n.test", zone).unwrap();
+    assert!(
+        l.starts_with("WARN registry: not listed") && l.contains("n.test.reg.test."),
+        "{l}"
+    );
+}

@@ -416,6 +416,9 @@ async fn listeners(cfg: &Config, running: bool) -> Vec<Line> {
     for a in &cfg.s2s.listen {
         addrs.push(("s2s.listen", *a));
     }
+    for a in crate::ops::tls_listen(cfg) {
+        addrs.push(("s2s.tls_listen", a));
+    }
     for a in &cfg.smtp.listen {
         addrs.push(("smtp.listen", *a));
     }
@@ -615,63 +618,90 @@ async fn dns(cfg: &Config) -> Vec<Line> {
     out
 }
 
-async fn registry(cfg: &Config) -> Option<Line> {
+/// The registry listing of every domain; `None` without a `[registry]` section.
+pub async fn registry(cfg: &Config) -> Option<Line> {
     let section = crate::ops::registry_section(cfg)?;
     let Some(zone) = section
         .get("zone")
         .and_then(|z| z.as_str())
         .map(|z| z.trim_matches('.').to_string())
     else {
-        return Some(warn(
+        return Some(pass(
             "registry",
-            "the [registry] section has no `zone`; not checked",
-            "set registry.zone",
+            "no registry.zone configured; nothing to check",
         ));
     };
-    let dns = match resolver(cfg) {
+    // registry.nameservers, else [dns] nameservers, else the system's.
+    let own: Vec<SocketAddr> = section
+        .get("nameservers")
+        .and_then(|n| n.as_array())
+        .map(|a| a.iter().filter_map(|v| v.as_str()?.parse().ok()).collect())
+        .unwrap_or_default();
+    let mut rcfg = cfg.clone();
+    if !own.is_empty() {
+        rcfg.dns.nameservers = own;
+    }
+    let dns = match resolver(&rcfg) {
         Ok(d) => d,
         Err(e) => {
             return Some(fail(
                 "registry",
                 format!("no resolver: {e}"),
-                "set dns.nameservers",
+                "set registry.nameservers or dns.nameservers",
             ));
         }
     };
-    let mut missing = Vec::new();
+    let (mut listed, mut provisional, mut suspended, mut missing) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for d in &cfg.server.domains {
         let q = format!("{d}.{zone}.");
-        let listed = match dns.lookup_ip(q.as_str()).await {
-            Ok(ips) => ips.iter().any(|ip| ip == IpAddr::from([127, 0, 0, 2])),
-            Err(_) => false,
+        let ips: Vec<IpAddr> = match dns.lookup_ip(q.as_str()).await {
+            Ok(ips) => ips.iter().collect(),
+            Err(e) if e.is_no_records_found() || e.is_nx_domain() => Vec::new(),
+            Err(e) => {
+                return Some(warn(
+                    "registry",
+                    format!("could not ask {q}: {e}"),
+                    "check the registry's nameservers and try again",
+                ));
+            }
         };
-        if !listed {
+        if ips.contains(&IpAddr::from([127, 0, 0, 4])) {
+            suspended.push(q);
+        } else if ips.contains(&IpAddr::from([127, 0, 0, 2])) {
+            listed.push(q);
+        } else if ips.contains(&IpAddr::from([127, 0, 0, 3])) {
+            provisional.push(q);
+        } else {
             missing.push(q);
         }
     }
-    Some(if missing.is_empty() {
-        pass(
+    Some(if !suspended.is_empty() {
+        fail(
             "registry",
-            format!("every domain is listed in {zone} (127.0.0.2)"),
+            format!("suspended (127.0.0.4): {}", suspended.join(", ")),
+            format!(
+                "peers requiring registration refuse this mail: ask the operator of {zone} why (its TXT record gives the reason)"
+            ),
         )
-    } else {
+    } else if !missing.is_empty() {
         warn(
             "registry",
-            format!("not listed: {} has no A 127.0.0.2", missing.join(", ")),
+            format!("not listed (no A 127.0.0.2): {}", missing.join(", ")),
             format!(
                 "ask the operator of {zone} to list the domain (xmta dns-records shows the entry)"
             ),
         )
+    } else if !provisional.is_empty() {
+        warn(
+            "registry",
+            format!("provisional (127.0.0.3): {}", provisional.join(", ")),
+            "nothing to do but wait for the registry to confirm",
+        )
+    } else {
+        pass(
+            "registry",
+            format!("listed in {zone} (127.0.0.2): {}", listed.join(", ")),
+        )
     })
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn wildcard_names() {
-        assert!(super::name_matches("a.test", "a.test"));
-        assert!(super::name_matches("*.a.test", "mail.a.test"));
-        assert!(!super::name_matches("*.a.test", "a.test"));
-        assert!(!super::name_matches("*.a.test", "x.mail.a.test"));
-    }
 }

@@ -43,18 +43,34 @@ pub fn render(cfg: &Config, domain: &str) -> Result<String, String> {
         o,
         "_xmpp-server._tcp.{domain}. {TTL} IN SRV 5 10 {port} {host}."
     );
-    let _ = writeln!(
-        o,
-        "; Direct TLS (XEP-0368) would be published as below, but this listener negotiates TLS with"
-    );
-    let _ = writeln!(
-        o,
-        "; STARTTLS: a peer using this record would start TLS at once and fail, so it stays commented."
-    );
-    let _ = writeln!(
-        o,
-        "; _xmpps-server._tcp.{domain}. {TTL} IN SRV 5 10 {port} {host}."
-    );
+    let direct = crate::ops::tls_listen(cfg);
+    match direct.first() {
+        Some(d) => {
+            let _ = writeln!(
+                o,
+                "; Direct TLS (XEP-0368, s2s.tls_listen): TLS from the first byte"
+            );
+            let _ = writeln!(
+                o,
+                "_xmpps-server._tcp.{domain}. {TTL} IN SRV 5 10 {} {host}.",
+                d.port()
+            );
+        }
+        None => {
+            let _ = writeln!(
+                o,
+                "; Direct TLS (XEP-0368) needs s2s.tls_listen; the s2s.listen port negotiates STARTTLS,"
+            );
+            let _ = writeln!(
+                o,
+                "; so a peer using this record would start TLS at once and fail. With a listener:"
+            );
+            let _ = writeln!(
+                o,
+                "; _xmpps-server._tcp.{domain}. {TTL} IN SRV 5 10 5270 {host}."
+            );
+        }
+    }
     let mut addrs: Vec<IpAddr> = cfg.s2s.listen.iter().map(|a| a.ip()).collect();
     addrs.dedup();
     let _ = writeln!(o);

@@ -67,12 +67,27 @@ impl Conn {
     }
 }
 
-/// The `[registry]` section of the config file, read as plain TOML: that feature's typed
-/// config belongs to its own module; here only its presence and its `zone` key matter.
-pub fn registry_section(cfg: &Config) -> Option<toml::Table> {
+/// The config file as plain TOML, for keys of features configured in their own modules
+/// (`[registry]`, `s2s.tls_listen`): this module only needs to read a few of them, and
+/// reading them untyped keeps it independent of those modules' config structs.
+fn raw_config(cfg: &Config) -> Option<toml::Table> {
     let text = std::fs::read_to_string(&cfg.source).ok()?;
-    let table: toml::Table = toml::from_str(&text).ok()?;
-    table.get("registry")?.as_table().cloned()
+    toml::from_str(&text).ok()
+}
+
+/// The `[registry]` section, if the config has one.
+pub fn registry_section(cfg: &Config) -> Option<toml::Table> {
+    raw_config(cfg)?.get("registry")?.as_table().cloned()
+}
+
+/// `s2s.tls_listen`: direct TLS (XEP-0368) listeners, when configured.
+pub fn tls_listen(cfg: &Config) -> Vec<std::net::SocketAddr> {
+    raw_config(cfg)
+        .and_then(|t| t.get("s2s")?.get("tls_listen")?.as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|v| v.as_str()?.parse().ok())
+        .collect()
 }
 
 /// `registry.zone`, when the config has one.
