@@ -44,6 +44,23 @@ pub enum Request {
         uid: u32,
     },
     QueueList,
+    /// Is a server there? Answers with its version and pid.
+    Ping,
+    /// The SHA-256 digests of the messages in a folder (`xmta import` skips those).
+    ImportDigests {
+        address: String,
+        folder: String,
+    },
+    /// One batch of `xmta import`, stored in one transaction.
+    Import {
+        address: String,
+        folder: String,
+        messages: Vec<crate::ops::import::ImportMessage>,
+    },
+    /// Write a consistent snapshot of the store to `path` (a file on the server's host).
+    Backup {
+        path: std::path::PathBuf,
+    },
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -219,6 +236,42 @@ pub async fn execute(
                 Err(e) => Response::err(e),
             }
         }
+        Request::Ping => Response::ok(vec![format!(
+            "xmta {} pid {}",
+            env!("CARGO_PKG_VERSION"),
+            std::process::id()
+        )]),
+        Request::ImportDigests { address, folder } => {
+            let address = match local_address(cfg, &address) {
+                Ok(a) => a,
+                Err(e) => return Response::err(e),
+            };
+            match crate::ops::import::folder_digests(store, &address, &folder) {
+                Ok(d) => Response::ok(d),
+                Err(e) => Response::err(e),
+            }
+        }
+        Request::Import {
+            address,
+            folder,
+            messages,
+        } => {
+            let address = match local_address(cfg, &address) {
+                Ok(a) => a,
+                Err(e) => return Response::err(e),
+            };
+            match crate::ops::import::apply_batch(store, &address, &folder, messages).await {
+                Ok(r) => Response::ok(vec![format!(
+                    "stored {} duplicates {}",
+                    r.stored, r.duplicates
+                )]),
+                Err(e) => Response::err(e),
+            }
+        }
+        Request::Backup { path } => match crate::ops::backup::backup(store.clone(), path).await {
+            Ok(line) => Response::ok(vec![line]),
+            Err(e) => Response::err(e),
+        },
         Request::QueueList => match store.queue() {
             Ok(items) => {
                 let mut lines = Vec::new();
@@ -306,10 +359,33 @@ pub async fn serve(core: Arc<Core>, listener: UnixListener) {
     }
 }
 
+/// Requests being executed (graceful shutdown waits for them).
+static IN_FLIGHT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+pub fn in_flight() -> usize {
+    IN_FLIGHT.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+struct InFlight;
+
+impl InFlight {
+    fn start() -> InFlight {
+        IN_FLIGHT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 async fn handle(core: Arc<Core>, sock: UnixStream) -> std::io::Result<()> {
     let (r, mut w) = sock.into_split();
     let mut lines = BufReader::new(r.take(MAX_REQUEST as u64)).lines();
     while let Some(line) = lines.next_line().await? {
+        let _busy = InFlight::start();
         let resp = match serde_json::from_str::<Request>(&line) {
             Ok(req) => execute(&core.cfg, &core.store, Some(&core.delivery), req).await,
             Err(e) => Response::err(format!("bad request: {e}")),

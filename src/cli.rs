@@ -59,6 +59,26 @@ pub enum Command {
         #[command(subcommand)]
         cmd: RegistryCmd,
     },
+    /// Print the DNS records DOMAIN needs (zone-file syntax): SRV, registry entry, MX/SPF.
+    DnsRecords { domain: String },
+    /// Check config, data dir, certificates, DNS, listeners; one PASS/WARN/FAIL line each.
+    /// Exit status 0 when nothing FAILed (WARNs included), 2 when something did.
+    Check,
+    /// Import existing mail into a user's folder (flags and dates kept; re-runs skip what
+    /// is already there).
+    Import {
+        #[command(subcommand)]
+        cmd: ImportCmd,
+    },
+    /// Write a consistent snapshot of the store to FILE (also while serving).
+    Backup { file: PathBuf },
+    /// Put a backup in place as the store of data_dir (the server must be stopped).
+    Restore {
+        file: PathBuf,
+        /// Replace an existing store.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -102,6 +122,24 @@ fn run_registry(cfg: &Config, cmd: RegistryCmd) -> Result<(), String> {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum ImportCmd {
+    /// A Maildir (with cur/ and new/).
+    Maildir {
+        path: PathBuf,
+        address: String,
+        #[arg(long, default_value = "INBOX")]
+        folder: String,
+    },
+    /// An mbox file (mboxo/mboxrd).
+    Mbox {
+        path: PathBuf,
+        address: String,
+        #[arg(long, default_value = "INBOX")]
+        folder: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum UserCmd {
     /// Add a user.
     Add {
@@ -133,16 +171,66 @@ pub enum QueueCmd {
 /// Runs the command; the error is printed by main with a non-zero exit.
 pub fn run(cli: Cli) -> Result<(), String> {
     let is_default = cli.config.as_os_str() == DEFAULT_CONFIG_PATH;
-    let cfg = Config::load(&cli.config, is_default).map_err(|e| e.to_string())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("runtime: {e}"))?;
+    if let Command::Check = cli.command {
+        // Before loading the config: a config that does not load is one of its findings.
+        let lines = rt.block_on(crate::ops::check::run(&cli.config, is_default, |l| {
+            println!("{l}");
+        }));
+        let _ = std::io::stdout().flush();
+        std::process::exit(crate::ops::check::exit_code(&lines));
+    }
+    let cfg = Config::load(&cli.config, is_default).map_err(|e| e.to_string())?;
     match cli.command {
         Command::Serve => {
-            init_logging(&cfg);
-            rt.block_on(crate::server::serve(cfg))
-                .map_err(|e| e.to_string())
+            let reload = init_logging(&cfg);
+            rt.block_on(crate::server::serve_with(
+                cfg,
+                cli.config.clone(),
+                is_default,
+                reload,
+            ))
+            .map_err(|e| e.to_string())
+        }
+        Command::DnsRecords { domain } => {
+            print!("{}", crate::ops::dns_records::render(&cfg, &domain)?);
+            Ok(())
+        }
+        Command::Import { cmd } => {
+            let (format, path, address, folder) = match cmd {
+                ImportCmd::Maildir {
+                    path,
+                    address,
+                    folder,
+                } => (crate::ops::import::Format::Maildir, path, address, folder),
+                ImportCmd::Mbox {
+                    path,
+                    address,
+                    folder,
+                } => (crate::ops::import::Format::Mbox, path, address, folder),
+            };
+            let line = rt.block_on(crate::ops::import::run(
+                &cfg, format, &path, &address, &folder,
+            ))?;
+            println!("{line}");
+            Ok(())
+        }
+        Command::Backup { file } => {
+            println!(
+                "{}",
+                rt.block_on(crate::ops::backup::run_backup(&cfg, &file))?
+            );
+            Ok(())
+        }
+        Command::Restore { file, force } => {
+            println!(
+                "{}",
+                rt.block_on(crate::ops::backup::run_restore(&cfg, &file, force))?
+            );
+            Ok(())
         }
         Command::Registry { cmd } => run_registry(&cfg, cmd),
         Command::PostfixConfig => {
@@ -157,21 +245,52 @@ pub fn run(cli: Cli) -> Result<(), String> {
     }
 }
 
-fn init_logging(cfg: &Config) {
+/// Changes the log filter of the running process (SIGHUP reload).
+pub type LogReload = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// Sets up logging as `[log]` says (`format` human or json); returns the handle that
+/// changes the filter later. RUST_LOG, when set, overrides `log.level`.
+fn init_logging(cfg: &Config) -> LogReload {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| cfg.log.level.clone());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+    let (filter, handle) =
+        tracing_subscriber::reload::Layer::new(tracing_subscriber::EnvFilter::new(filter));
+    let registry = tracing_subscriber::registry().with(filter);
+    let _ = match cfg.log.format {
+        crate::config::LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            )
+            .try_init(),
+        crate::config::LogFormat::Human => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+            )
+            .try_init(),
+    };
+    Box::new(move |level: &str| {
+        let f = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        handle.reload(f).map_err(|e| e.to_string())
+    })
 }
 
 fn request_for(cmd: Command) -> Result<Request, String> {
     Ok(match cmd {
-        Command::Serve | Command::PostfixConfig => {
-            return Err("internal: this command has no request".into());
+        Command::Serve
+        | Command::PostfixConfig
+        | Command::Registry { .. }
+        | Command::DnsRecords { .. }
+        | Command::Check
+        | Command::Import { .. }
+        | Command::Backup { .. }
+        | Command::Restore { .. } => {
+            return Err("internal: this command has no admin request".into());
         }
-        Command::Registry { .. } => return Err("internal: registry has no request".into()),
         Command::User {
             cmd:
                 UserCmd::Add {

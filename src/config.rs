@@ -54,6 +54,18 @@ pub struct Config {
     /// Postfix integration: the socketmap transport lookup server.
     #[serde(default)]
     pub postfix: PostfixConfig,
+    /// The Prometheus endpoint.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    /// How this host is seen from outside (for `xmta dns-records` and `xmta check`).
+    #[serde(default)]
+    pub public: PublicConfig,
+    /// Graceful shutdown on SIGTERM.
+    #[serde(default)]
+    pub shutdown: ShutdownConfig,
+    /// `xmta import`.
+    #[serde(default)]
+    pub import: ImportConfig,
     /// Where the config was read from (for messages); not a key.
     #[serde(skip)]
     pub source: String,
@@ -324,6 +336,9 @@ pub struct LogConfig {
     /// A tracing filter, e.g. "info" or "xmta=debug".
     #[serde(default = "default_log_level")]
     pub level: String,
+    /// "human" (default) or "json" (one JSON object per line, for log shippers).
+    #[serde(default)]
+    pub format: LogFormat,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -542,6 +557,7 @@ impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             level: default_log_level(),
+            format: LogFormat::Human,
         }
     }
 }
@@ -750,6 +766,23 @@ impl Config {
         self.validate_registry()?;
         self.validate_smtp_extra()?;
         self.validate_postfix()?;
+        if let Some(h) = &self.public.hostname {
+            let n = crate::addr::normalize_domain(h)
+                .map_err(|e| self.invalid("public.hostname", format!("`{h}`: {e}")))?;
+            self.public.hostname = Some(n);
+        }
+        if self.metrics.max_connections == 0 {
+            return Err(self.invalid("metrics.max_connections", "must be at least 1"));
+        }
+        if self.shutdown.grace_secs == 0 {
+            return Err(self.invalid("shutdown.grace_secs", "must be at least 1"));
+        }
+        if self.import.batch_messages == 0 || self.import.batch_bytes < 1024 {
+            return Err(self.invalid(
+                "import",
+                "batch_messages must be at least 1 and batch_bytes at least 1024",
+            ));
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(self.invalid(
                 "log.level",
@@ -974,6 +1007,28 @@ impl Default for PostfixConfig {
             max_request_bytes: default_socketmap_max_request(),
             max_connections: default_socketmap_max_connections(),
             idle_timeout_secs: default_socketmap_idle(),
+        }
+    }
+}
+
+/// `[metrics]`: a Prometheus text endpoint (`/metrics`) and a health check (`/healthz`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of the HTTP endpoint; none by default. Keep it on loopback or a private
+    /// network: it needs no authentication.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// Most scrapes served at once; further connections are closed at accept.
+    #[serde(default = "default_metrics_connections")]
+    pub max_connections: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: None,
+            max_connections: default_metrics_connections(),
         }
     }
 }
@@ -1203,6 +1258,101 @@ fn parse_local(s: &str) -> Option<LocalTarget> {
     let rest = rest.strip_prefix("inet:").unwrap_or(rest);
     let (h, p) = crate::s2s::resolve::parse_host_port(rest)?;
     Some(LocalTarget::Lmtp(h, p))
+}
+
+fn default_metrics_connections() -> usize {
+    16
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+/// `[public]`: how other servers reach this one.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublicConfig {
+    /// The DNS name of this host, the target of the SRV records (default: `smtp.hostname`,
+    /// which defaults to the first mail domain).
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// The s2s port other servers connect to (default: the port of the first `s2s.listen`);
+    /// differs from it behind port forwarding.
+    #[serde(default)]
+    pub s2s_port: Option<u16>,
+}
+
+/// `[shutdown]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// On SIGTERM, how long to wait for in-flight SMTP/LMTP sessions and admin requests
+    /// (e.g. `xmta send`) to finish after the listeners stopped accepting.
+    #[serde(default = "default_grace")]
+    pub grace_secs: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            grace_secs: default_grace(),
+        }
+    }
+}
+
+fn default_grace() -> u64 {
+    8
+}
+
+/// `[import]`: `xmta import` batches (one store transaction each).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportConfig {
+    /// Most messages in one batch.
+    #[serde(default = "default_import_batch")]
+    pub batch_messages: usize,
+    /// Most message bytes in one batch (a batch holds at least one message).
+    #[serde(default = "default_import_bytes")]
+    pub batch_bytes: usize,
+}
+
+impl Default for ImportConfig {
+    fn default() -> Self {
+        ImportConfig {
+            batch_messages: default_import_batch(),
+            batch_bytes: default_import_bytes(),
+        }
+    }
+}
+
+fn default_import_batch() -> usize {
+    500
+}
+fn default_import_bytes() -> usize {
+    16 << 20
+}
+
+impl Config {
+    /// The SRV target: `public.hostname`, else `smtp.hostname` (itself defaulting to the
+    /// first mail domain).
+    pub fn public_hostname(&self) -> String {
+        self.public
+            .hostname
+            .clone()
+            .unwrap_or_else(|| self.smtp_hostname().to_string())
+    }
+
+    /// The port other servers reach the s2s listener on.
+    pub fn public_s2s_port(&self) -> u16 {
+        self.public
+            .s2s_port
+            .or(self.s2s.listen.first().map(|a| a.port()))
+            .unwrap_or(5269)
+    }
 }
 
 #[cfg(test)]

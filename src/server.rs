@@ -1,11 +1,21 @@
 //! `xmta serve`: opens the store, starts the s2s listener, the queue runner, the receiving
 //! side and the admin socket, and shuts them down on SIGTERM/SIGINT.
+//!
+//! Shutdown (SIGTERM or SIGINT): the listeners stop accepting (s2s, SMTP/LMTP, admin,
+//! metrics), SMTP/LMTP sessions and admin requests in flight get up to
+//! `shutdown.grace_secs` to finish, the s2s streams are closed, and a last (empty) store
+//! commit waits for every write queued before it; then the process exits 0. Mail that was
+//! not acknowledged yet is still the sender's (it retries), so nothing acknowledged is lost.
+//!
+//! SIGHUP re-reads the config file: `log.level` takes effect at once; changes to any other
+//! section are reported in the log as needing a restart (listeners, routes, limits and
+//! timers are fixed at start).
 
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::delivery::Delivery;
@@ -57,7 +67,36 @@ pub async fn dialback_secret(store: &Store) -> Result<DialbackSecret, String> {
     }
 }
 
+/// What SIGHUP needs: where the config came from and how to change the log filter.
+pub struct Reload {
+    pub path: std::path::PathBuf,
+    pub is_default: bool,
+    pub log: crate::cli::LogReload,
+}
+
 pub async fn serve(cfg: Config) -> Result<(), ServeError> {
+    serve_inner(cfg, None).await
+}
+
+/// `serve` with SIGHUP reloading from `path`.
+pub async fn serve_with(
+    cfg: Config,
+    path: std::path::PathBuf,
+    is_default: bool,
+    log: crate::cli::LogReload,
+) -> Result<(), ServeError> {
+    serve_inner(
+        cfg,
+        Some(Reload {
+            path,
+            is_default,
+            log,
+        }),
+    )
+    .await
+}
+
+async fn serve_inner(cfg: Config, reload: Option<Reload>) -> Result<(), ServeError> {
     let cfg = Arc::new(cfg);
     let dir = &cfg.server.data_dir;
     std::fs::create_dir_all(dir)
@@ -125,35 +164,52 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         ),
         None => None,
     };
+    let metrics_listener = match cfg.metrics.listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| ServeError::Listen(addr.to_string(), e.to_string()))?,
+        ),
+        None => None,
+    };
     let admin = crate::admin::bind(&cfg.admin_socket())
         .map_err(|e| ServeError::Admin(cfg.admin_socket().display().to_string(), e.to_string()))?;
 
+    // The accept loops, stopped first at shutdown.
+    let mut acceptors = Vec::new();
     for l in listeners {
-        tokio::spawn(s2s.clone().serve(l));
+        acceptors.push(tokio::spawn(s2s.clone().serve(l)));
     }
     for l in tls_listeners {
-        tokio::spawn(s2s.clone().serve_direct_tls(l));
+        acceptors.push(tokio::spawn(s2s.clone().serve_direct_tls(l)));
     }
     let smtp_slots = Arc::new(tokio::sync::Semaphore::new(cfg.smtp.max_connections));
     let smtp_shared = Arc::new(crate::smtp::Shared::new(&cfg).map_err(ServeError::Smtp)?);
     for (l, mode) in smtp_listeners {
-        tokio::spawn(crate::smtp::serve(
+        acceptors.push(tokio::spawn(crate::smtp::serve(
             core.clone(),
             smtp_shared.clone(),
             l,
             mode,
             smtp_slots.clone(),
-        ));
+        )));
+    }
+    if let Some(l) = metrics_listener {
+        acceptors.push(tokio::spawn(crate::metrics::serve(
+            l,
+            core.store.clone(),
+            cfg.metrics.max_connections,
+        )));
     }
     if let Some(l) = socketmap {
-        tokio::spawn(crate::postfix::serve(core.clone(), l));
+        acceptors.push(tokio::spawn(crate::postfix::serve(core.clone(), l)));
     }
     tokio::spawn(crate::mta::receive::run(core.clone(), rx));
     if let Some(cc) = cfg.component.clone() {
         tokio::spawn(s2s.clone().run_component(cc));
     }
     tokio::spawn(delivery.clone().run());
-    tokio::spawn(crate::admin::serve(core.clone(), admin));
+    acceptors.push(tokio::spawn(crate::admin::serve(core.clone(), admin)));
     info!(
         domains = ?cfg.server.domains,
         s2s = ?cfg.s2s.listen,
@@ -162,6 +218,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         lmtp = ?cfg.smtp.lmtp,
         socketmap = ?cfg.postfix.socketmap,
         admin = %cfg.admin_socket().display(),
+        metrics = ?cfg.metrics.listen,
         "xmta ready"
     );
 
@@ -172,12 +229,139 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
             return Ok(());
         }
     };
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM: shutting down"),
-        _ = tokio::signal::ctrl_c() => info!("SIGINT: shutting down"),
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut running_cfg = (*cfg).clone();
+    loop {
+        let hangup = async {
+            match hup.as_mut() {
+                Some(h) => h.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => { info!("SIGTERM: shutting down"); break; }
+            _ = tokio::signal::ctrl_c() => { info!("SIGINT: shutting down"); break; }
+            _ = hangup => reload_config(reload.as_ref(), &mut running_cfg),
+        }
     }
-    s2s.close_all().await;
-    let _ = std::fs::remove_file(cfg.admin_socket());
-    // Every acknowledged message is already committed; nothing else to flush.
+    shutdown(&core, acceptors, &smtp_slots).await;
     Ok(())
+}
+
+/// Stops accepting, lets work in flight finish (bounded by `shutdown.grace_secs`), closes
+/// the streams and waits for the store's last commit.
+async fn shutdown(
+    core: &Core,
+    acceptors: Vec<tokio::task::JoinHandle<()>>,
+    smtp_slots: &tokio::sync::Semaphore,
+) {
+    let cfg = &core.cfg;
+    for a in &acceptors {
+        a.abort();
+    }
+    for a in acceptors {
+        let _ = a.await;
+    }
+    // A command started now finds no socket and no free store: it fails and says so.
+    let _ = std::fs::remove_file(cfg.admin_socket());
+    let grace = std::time::Duration::from_secs(cfg.shutdown.grace_secs);
+    let deadline = tokio::time::Instant::now() + grace;
+    let max = cfg.smtp.max_connections;
+    loop {
+        let smtp = max - smtp_slots.available_permits().min(max);
+        let admin = crate::admin::in_flight();
+        if smtp == 0 && admin == 0 {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            warn!(
+                smtp_sessions = smtp,
+                admin_requests = admin,
+                "shutdown grace time over; unacknowledged work is left to its senders' retries"
+            );
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    core.s2s.close_all().await;
+    // The writer answers in order: when this empty commit is done, so is every write
+    // queued before it.
+    match core.store.apply(Vec::new()).await {
+        Ok(_) => info!("store flushed; bye"),
+        Err(e) => warn!(error = %e, "last store commit failed"),
+    }
+}
+
+/// SIGHUP: re-reads the config. The log filter changes at once; other changes are named
+/// as needing a restart.
+fn reload_config(reload: Option<&Reload>, running: &mut Config) {
+    let Some(r) = reload else {
+        info!("SIGHUP: no config file to reload");
+        return;
+    };
+    let new = match Config::load(&r.path, r.is_default) {
+        Ok(c) => c,
+        Err(e) => {
+            error!(error = %e, "SIGHUP: the config does not load; keeping the running one");
+            return;
+        }
+    };
+    if new.log.level != running.log.level {
+        match (r.log)(&new.log.level) {
+            Ok(()) => info!(level = %new.log.level, "SIGHUP: log level changed"),
+            Err(e) => error!(error = %e, "SIGHUP: could not change the log level"),
+        }
+    }
+    let sections = [
+        (
+            "server",
+            format!("{:?}", running.server),
+            format!("{:?}", new.server),
+        ),
+        (
+            "s2s",
+            format!("{:?}", running.s2s),
+            format!("{:?}", new.s2s),
+        ),
+        (
+            "dns",
+            format!("{:?}", running.dns),
+            format!("{:?}", new.dns),
+        ),
+        (
+            "delivery",
+            format!("{:?}", running.delivery),
+            format!("{:?}", new.delivery),
+        ),
+        (
+            "smtp",
+            format!("{:?}", running.smtp),
+            format!("{:?}", new.smtp),
+        ),
+        (
+            "component",
+            format!("{:?}", running.component),
+            format!("{:?}", new.component),
+        ),
+        (
+            "metrics",
+            format!("{:?}", running.metrics),
+            format!("{:?}", new.metrics),
+        ),
+        (
+            "log.format",
+            format!("{:?}", running.log.format),
+            format!("{:?}", new.log.format),
+        ),
+    ];
+    for (name, old, now) in sections {
+        if old != now {
+            warn!(
+                section = name,
+                "SIGHUP: changed, but takes effect only after a restart"
+            );
+        }
+    }
+    running.log.level = new.log.level;
+    info!("SIGHUP: config reloaded");
 }

@@ -977,6 +977,12 @@ impl Delivery {
                 }
             }
         }
+        let (delivered_n, deferred_n) = crate::metrics::count_attempts(results.values().map(|a| {
+            (
+                matches!(a, Attempt::Delivered),
+                matches!(a, Attempt::Deferred(_)),
+            )
+        }));
         item.attempts += 1;
         let mut ops = Vec::new();
         if !newly_failed.is_empty() && !item.sender.is_empty() {
@@ -1004,6 +1010,7 @@ impl Delivery {
             .collect();
         match self.store.apply(ops).await {
             Ok(_) => {
+                crate::metrics::s2s_attempt(delivered_n, newly_failed.len(), deferred_n);
                 for b in bounce_ids {
                     self.schedule(&b, now);
                 }

@@ -142,9 +142,11 @@ pub async fn submit(
             .await
             .map_err(|e| SubmitError::Store(e.to_string()))?
     };
+    crate::metrics::accepted(crate::metrics::Path::Local);
     for r in results {
         if let OpResult::Delivered(outcomes) = r {
             for (addr, o) in outcomes {
+                crate::metrics::delivered_if_stored(&o);
                 if matches!(o, RcptOutcome::NoSuchUser) {
                     // Deleted between the check and the commit; the rest is stored.
                     tracing::warn!(%addr, "local recipient vanished during submission");
@@ -369,6 +371,7 @@ pub async fn accept_with(
     for r in results {
         if let OpResult::Delivered(outcomes) = r {
             for (addr, o) in outcomes {
+                crate::metrics::delivered_if_stored(&o);
                 if !matches!(o, RcptOutcome::Stored { .. } | RcptOutcome::Duplicate) {
                     tracing::warn!(%addr, ?o, "local recipient not stored");
                     failed_local.push(addr);

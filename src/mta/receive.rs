@@ -633,6 +633,12 @@ fn deliver(core: Arc<Core>, origin: &Origin, mail_id: String, env: Envelope, dat
                     None => deferred(orig, "internal: no outcome"),
                 });
             }
+            crate::metrics::s2s_stored(
+                outcomes
+                    .iter()
+                    .filter(|(_, o)| matches!(o, LocalOutcome::Stored))
+                    .count(),
+            );
             info!(%from_domain, %mail_id, size = data.len(), recipients = n, "mail stored");
         }
         // Keep the receipt in envelope order.

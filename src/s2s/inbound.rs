@@ -118,6 +118,7 @@ impl S2s {
         direct_tls: bool,
         _slot: IpSlot,
     ) {
+        let _open = crate::metrics::inbound_conn();
         let io: BoxIo = Box::new(sock);
         let (r, w) = tokio::io::split(io);
         let stream_no = self.next_stream.fetch_add(1, Ordering::Relaxed);
@@ -698,11 +699,19 @@ impl Inbound {
                     None,
                 ))
                 .await?;
+                crate::metrics::dialback(
+                    crate::metrics::Role::Inbound,
+                    crate::metrics::Outcome::Valid,
+                );
                 info!(peer = %self.peer, from = %v.from, to = %v.to, tls = self.tls, "inbound stream authenticated (dialback)");
                 self.authed.insert(pair);
                 Ok(())
             }
             Ok(_) => {
+                crate::metrics::dialback(
+                    crate::metrics::Role::Inbound,
+                    crate::metrics::Outcome::Invalid,
+                );
                 self.write(&dialback::result_answer(
                     &v.to,
                     &v.from,
@@ -716,6 +725,10 @@ impl Inbound {
                 ))
             }
             Err(reason) => {
+                crate::metrics::dialback(
+                    crate::metrics::Role::Inbound,
+                    crate::metrics::Outcome::Error,
+                );
                 warn!(peer = %self.peer, from = %v.from, %reason, "could not verify dialback key");
                 let answer = dialback::result_answer(
                     &v.to,

@@ -358,7 +358,10 @@ impl S2s {
         if n.external {
             conn.set_authenticated(local);
         }
-        tokio::spawn(reader_task(conn.clone(), n.reader));
+        tokio::spawn(crate::metrics::outbound_conn(reader_task(
+            conn.clone(),
+            n.reader,
+        )));
         Ok(conn)
     }
 
@@ -594,10 +597,15 @@ impl OutboundConn {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(local.to_string());
+                crate::metrics::dialback(
+                    crate::metrics::Role::Outbound,
+                    crate::metrics::Outcome::Valid,
+                );
                 info!(local, remote = %self.remote, "outgoing stream authenticated (dialback)");
                 Ok(())
             }
             Err(reason) => {
+                crate::metrics::dialback_failed(&reason);
                 warn!(local, remote = %self.remote, %reason, "dialback failed on outgoing stream");
                 self.mark_closed(&reason);
                 Err(S2sError::DialbackRefused {

@@ -827,6 +827,7 @@ impl Session {
         );
         match accepted.await {
             Ok(res) => {
+                crate::metrics::accepted_smtp(self.mode == Mode::Lmtp);
                 info!(peer = %self.peer, %id, from = %sender, rcpts = rcpts.len(),
                       queued = ?res.queue_id, "smtp message accepted");
                 let ok = reply(250, "2.0.0", &format!("ok {id}"));

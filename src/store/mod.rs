@@ -30,6 +30,7 @@
 //! another backend can be put behind it later.
 
 mod apply;
+mod backup;
 mod tables;
 mod writer;
 
@@ -51,6 +52,7 @@ use tracing::{info, warn};
 
 use tables::{MessageRec, QueueRec, UserRec, decode};
 
+pub use backup::BackupStats;
 pub use writer::{MAX_BATCH_BYTES, MAX_BATCH_REQUESTS};
 
 /// The name of the store's file inside the data directory.

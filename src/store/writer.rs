@@ -158,7 +158,7 @@ impl Shared {
             }
             results
         };
-        txn.commit().map_err(|e| Failure::Batch(e.into()))?;
+        crate::metrics::time_store_flush(|| txn.commit()).map_err(|e| Failure::Batch(e.into()))?;
         self.commits.fetch_add(1, Ordering::Relaxed);
         Ok(results)
     }
