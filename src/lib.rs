@@ -16,6 +16,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod delivery;
+pub mod imap;
 pub mod mta;
 pub mod s2s;
 pub mod server;

@@ -31,6 +31,8 @@ pub enum ServeError {
     S2s(String),
     #[error("cannot listen on {0}: {1}")]
     Listen(String, String),
+    #[error("imap: {0}")]
+    Imap(String),
     #[error("admin socket {0}: {1}")]
     Admin(String, String),
 }
@@ -96,6 +98,19 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
             .map_err(|e| ServeError::Listen(addr.to_string(), e.to_string()))?;
         smtp_listeners.push((l, crate::smtp::Mode::Lmtp));
     }
+    let mut imap_listeners = Vec::new();
+    for (addr, tls) in cfg
+        .imap
+        .listen
+        .iter()
+        .map(|a| (a, false))
+        .chain(cfg.imap.tls_listen.iter().map(|a| (a, true)))
+    {
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|e| ServeError::Listen(addr.to_string(), e.to_string()))?;
+        imap_listeners.push((l, tls));
+    }
     let admin = crate::admin::bind(&cfg.admin_socket())
         .map_err(|e| ServeError::Admin(cfg.admin_socket().display().to_string(), e.to_string()))?;
 
@@ -111,6 +126,13 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
             smtp_slots.clone(),
         ));
     }
+    if !imap_listeners.is_empty() {
+        let imap =
+            crate::imap::Imap::new(core.clone()).map_err(|e| ServeError::Imap(e.to_string()))?;
+        for (l, tls) in imap_listeners {
+            tokio::spawn(crate::imap::serve(imap.clone(), l, tls));
+        }
+    }
     tokio::spawn(crate::mta::receive::run(core.clone(), rx));
     if let Some(cc) = cfg.component.clone() {
         tokio::spawn(s2s.clone().run_component(cc));
@@ -122,6 +144,8 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         s2s = ?cfg.s2s.listen,
         smtp = ?cfg.smtp.listen,
         lmtp = ?cfg.smtp.lmtp,
+        imap = ?cfg.imap.listen,
+        imaps = ?cfg.imap.tls_listen,
         admin = %cfg.admin_socket().display(),
         "xmta ready"
     );
