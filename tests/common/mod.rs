@@ -6,6 +6,7 @@
 
 pub mod c2s;
 pub mod ejabberd;
+pub mod imap;
 pub mod prosody;
 
 use std::io::Write;
