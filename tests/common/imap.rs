@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::{Spec, Xmta, free_port};
 
@@ -34,22 +34,25 @@ pub fn imap_server(domain: &str, ip: &str, more: &str) -> (Xmta, SocketAddr) {
     (x, addr)
 }
 
-/// Waits for `child` at most `secs`; kills it on timeout (and panics).
-pub fn wait_child(mut child: Child, secs: u64, what: &str) -> Output {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) => return child.wait_with_output().expect("output"),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-            _ => {
-                let _ = child.kill();
-                let out = child.wait_with_output().expect("output");
-                panic!(
-                    "{what} did not finish in {secs} s\nstdout:\n{}\nstderr:\n{}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
+/// Waits for `child` at most `secs` (reading its output meanwhile, so a chatty child
+/// cannot block on a full pipe); kills it on timeout and panics.
+pub fn wait_child(child: Child, secs: u64, what: &str) -> Output {
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(Duration::from_secs(secs)) {
+        Ok(out) => out.expect("output"),
+        Err(_) => {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+            let out = rx.recv().ok().and_then(Result::ok);
+            let (o, e) = out.map(|o| (o.stdout, o.stderr)).unwrap_or_default();
+            panic!(
+                "{what} did not finish in {secs} s\nstdout:\n{}\nstderr:\n{}",
+                String::from_utf8_lossy(&o),
+                String::from_utf8_lossy(&e)
+            );
         }
     }
 }
