@@ -8,6 +8,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use common::imap::*;
+use common::message;
 
 /// Appends `n` messages with pipelined non-synchronizing literals (LITERAL+).
 const SEED: &str = r#"
@@ -219,4 +220,94 @@ fn mbsync_mirrors_a_thousand_messages() {
         !lines[2].contains("\\Seen") && !lines[2].contains("\\Flagged"),
         "{out}"
     );
+}
+
+/// Issue 4: mutt (in batch mode, on a pseudo-terminal from `script`) reads a message over
+/// IMAP and pipes it out whole; fetchmail then fetches the same message to an MDA.
+#[test]
+fn mutt_reads_and_fetchmail_fetches() {
+    let (x, addr) = imap_server("t.test", "127.0.0.100", "");
+    x.add_user("u@t.test");
+    let m = message(
+        "a@b.test",
+        "u@t.test",
+        "mutt-test",
+        "Hello mutt and fetchmail.",
+    );
+    x.send("u@t.test", &["u@t.test"], &m);
+    let stored = String::from_utf8(x.show("u@t.test", 1)).expect("utf8");
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    // mutt: pipe the first message of INBOX to a file, then quit.
+    let out = dir.path().join("mutt.eml");
+    let rc = write_file(
+        dir.path(),
+        "muttrc",
+        format!(
+            "set folder=\"imap://u%40t.test:secret@{addr}/\"\nset spoolfile=\"+INBOX\"\n\
+             set ssl_starttls=no\nset ssl_force_tls=no\nset imap_passive=no\nset mail_check=0\n\
+             set wait_key=no\nset quit=yes\nset pipe_decode=no\nset header_cache=\"\"\n\
+             set message_cachedir=\"\"\nset record=\"\"\nset move=no\n"
+        )
+        .as_bytes(),
+    );
+    let mutt = format!(
+        "mutt -n -F {} -e 'push \"<pipe-message>cat > {}<enter><quit>\"'",
+        rc.display(),
+        out.display()
+    );
+    run_ok(
+        Command::new("script")
+            .arg("-qec")
+            .arg(&mutt)
+            .arg("/dev/null")
+            .env("TERM", "xterm")
+            .env("HOME", dir.path()),
+        60,
+        "mutt",
+    );
+    let got = std::fs::read_to_string(&out).expect("mutt wrote nothing");
+    assert_eq!(got, stored.replace("\r\n", "\n"));
+
+    // fetchmail: one poll, no daemon, keep the message, deliver it to a file.
+    let fm_out = dir.path().join("fetchmail.eml");
+    let fmrc = write_file(
+        dir.path(),
+        "fetchmailrc",
+        format!(
+            "set no syslog\npoll {ip} service {port} protocol IMAP auth password\n  \
+             user \"u@t.test\" password \"secret\"\n  sslproto ''\n  keep\n  \
+             mda \"/bin/sh -c 'cat >> {out}'\"\n",
+            ip = addr.ip(),
+            port = addr.port(),
+            out = fm_out.display()
+        )
+        .as_bytes(),
+    );
+    let mut perms = std::fs::metadata(&fmrc).expect("meta").permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o600);
+    std::fs::set_permissions(&fmrc, perms).expect("chmod");
+    run_ok(
+        Command::new("fetchmail")
+            .arg("-f")
+            .arg(&fmrc)
+            .arg("--idfile")
+            .arg(dir.path().join("fetchids"))
+            .arg("--nodetach")
+            .env("HOME", dir.path()),
+        60,
+        "fetchmail",
+    );
+    let got = std::fs::read_to_string(&fm_out).expect("fetchmail delivered nothing");
+    // fetchmail puts its Received line on top; the message follows as stored.
+    let (trace, rest) = got.split_once("From: a@b.test\n").expect("message");
+    assert!(trace.starts_with("Received: from "), "{got}");
+    let expected = stored.replace("\r\n", "\n");
+    let expected = expected
+        .strip_prefix("From: a@b.test\n")
+        .unwrap_or(&expected);
+    assert_eq!(rest.trim_end(), expected.trim_end());
+    // fetchmail marked it seen, and kept it.
+    assert_eq!(x.mailbox("u@t.test").len(), 1);
+    assert!(x.log().contains("command=\"STORE\""));
 }
