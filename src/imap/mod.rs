@@ -239,10 +239,10 @@ impl Conn {
                             self.too_long = true;
                             self.frag.poison_message();
                         }
-                        if let Some(LiteralAnnouncement { mode, length }) = announcement {
-                            if let Some(refused) = self.refuse_literal(mode, length).await? {
-                                return Ok(refused);
-                            }
+                        if let Some(LiteralAnnouncement { mode, length }) = announcement
+                            && let Some(refused) = self.refuse_literal(mode, length).await?
+                        {
+                            return Ok(refused);
                         }
                     }
                     FragmentInfo::Literal { end, .. } => {

@@ -502,15 +502,13 @@ impl Tables<'_> {
         let Some(mut target) = tables::get_mailbox(&self.mailboxes, address, to)? else {
             return Ok(OpResult::Copied(CopyOutcome::NoSuchFolder));
         };
-        if source.id == target.id {
-            if remove_source {
-                // Moving into the same folder changes nothing.
-                return Ok(OpResult::Copied(CopyOutcome::Done {
-                    uidvalidity: target.uidvalidity,
-                    pairs: Vec::new(),
-                }));
-            }
-            // Copying into the same folder: the source is the target record.
+        // Moving into the same folder changes nothing. (Copying into it is a copy like any
+        // other; the source record is then the target's, see below.)
+        if source.id == target.id && remove_source {
+            return Ok(OpResult::Copied(CopyOutcome::Done {
+                uidvalidity: target.uidvalidity,
+                pairs: Vec::new(),
+            }));
         }
         let mut found = Vec::new();
         for &uid in uids {

@@ -930,7 +930,7 @@ async fn changes_are_announced_after_commit() {
         .deliver(delivery(&["u@x", "v@x"], "hello"))
         .await
         .unwrap();
-    let mut got = vec![changes.recv().await.unwrap(), changes.recv().await.unwrap()];
+    let mut got = [changes.recv().await.unwrap(), changes.recv().await.unwrap()];
     got.sort_by(|a, b| a.address.cmp(&b.address));
     assert_eq!(got[0].address, "u@x");
     assert_eq!(got[0].folder, INBOX);
