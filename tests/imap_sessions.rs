@@ -245,3 +245,70 @@ fn unterminated_literal_ends_at_the_idle_timeout() {
     assert!(e.closed_within(5));
     assert!(x.mailbox("u@s.test").is_empty());
 }
+
+/// CONDSTORE (RFC 7162): HIGHESTMODSEQ at SELECT and in STATUS, MODSEQ in FETCH and in
+/// another session's flag updates, FETCH CHANGEDSINCE, STORE UNCHANGEDSINCE with MODIFIED,
+/// SEARCH MODSEQ.
+#[test]
+fn condstore() {
+    let (x, addr) = imap_server("s.test", "127.0.0.102", "");
+    three_messages(&x, "u@s.test");
+    let mut a = ImapRaw::connect(addr);
+    let mut b = ImapRaw::connect(addr);
+    a.login("u@s.test");
+    b.login("u@s.test");
+    assert!(has(&a.cmd("c0", "CAPABILITY"), " CONDSTORE"));
+    assert!(has(&a.cmd("c1", "ENABLE CONDSTORE"), "* ENABLED CONDSTORE"));
+    let r = a.cmd("c2", "SELECT INBOX");
+    let hms: u64 = r
+        .iter()
+        .find_map(|l| l.strip_prefix("* OK [HIGHESTMODSEQ "))
+        .and_then(|l| l.split(']').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no HIGHESTMODSEQ in {r:?}"));
+    assert!(has(
+        &b.cmd("d1", "SELECT INBOX (CONDSTORE)"),
+        "HIGHESTMODSEQ"
+    ));
+
+    let r = a.cmd("c3", "FETCH 1:3 (MODSEQ)");
+    assert!(has(&r, "* 3 FETCH (MODSEQ ("), "{r:?}");
+    // A change by b: a sees it with its MODSEQ, and only it is "changed since".
+    let r = b.cmd("d2", "STORE 2 +FLAGS (\\Flagged)");
+    let line = r
+        .iter()
+        .find(|l| l.starts_with("* 2 FETCH"))
+        .unwrap_or_else(|| panic!("{r:?}"));
+    assert!(
+        line.contains("FLAGS (\\Flagged)") && line.contains("MODSEQ ("),
+        "{line}"
+    );
+    let r = a.cmd("c4", "NOOP");
+    assert!(
+        has(&r, "* 2 FETCH (FLAGS (\\Flagged) UID 2 MODSEQ ("),
+        "{r:?}"
+    );
+    let r = a.cmd("c5", &format!("FETCH 1:3 (FLAGS) (CHANGEDSINCE {hms})"));
+    assert_eq!(r.len(), 2, "{r:?}");
+    assert!(
+        r[0].starts_with("* 2 FETCH (FLAGS (\\Flagged) MODSEQ ("),
+        "{r:?}"
+    );
+    let r = a.cmd("c6", &format!("UID SEARCH MODSEQ {}", hms + 1));
+    assert!(has(&r, "* SEARCH 2 (MODSEQ "), "{r:?}");
+    let r = a.cmd("c7", "STATUS INBOX (HIGHESTMODSEQ)");
+    assert!(has(&r, &format!("HIGHESTMODSEQ {}", hms + 1)), "{r:?}");
+
+    // UNCHANGEDSINCE the old value: message 2 changed since and is refused.
+    let r = a.cmd(
+        "c8",
+        &format!("STORE 1:3 (UNCHANGEDSINCE {hms}) +FLAGS (\\Seen)"),
+    );
+    assert!(last(&r).starts_with("c8 OK [MODIFIED 2]"), "{r:?}");
+    assert!(
+        has(&r, "* 1 FETCH (FLAGS (\\Seen) MODSEQ (") && !has(&r, "* 2 FETCH"),
+        "{r:?}"
+    );
+    let r = a.cmd("c9", "FETCH 2 (FLAGS)");
+    assert!(has(&r, "FLAGS (\\Flagged)") && !has(&r, "\\Seen"), "{r:?}");
+}

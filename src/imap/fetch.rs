@@ -111,6 +111,9 @@ pub fn item(
         MessageDataItemName::InternalDate => out.extend_from_slice(
             format!("INTERNALDATE {}", internal_date(meta.internal_date)).as_bytes(),
         ),
+        MessageDataItemName::ModSeq => {
+            out.extend_from_slice(format!("MODSEQ ({})", meta.modseq.max(1)).as_bytes());
+        }
         MessageDataItemName::Binary { .. } | MessageDataItemName::BinarySize { .. } => {
             return Err("BINARY is not supported".into());
         }

@@ -182,7 +182,17 @@ pub fn matches(key: &SearchKey<'_>, c: &mut Candidate<'_>, ctx: &Context) -> boo
                 .is_some_and(|raw| contains(split_header(raw).0, needle));
             in_header || c.body_contains(needle)
         }
-        #[allow(unreachable_patterns)]
+        SearchKey::ModSequence { modseq, .. } => c.meta.modseq.max(1) >= *modseq,
+    }
+}
+
+/// Whether the key uses MODSEQ (the SEARCH response then carries the highest mod-sequence).
+pub fn uses_modseq(key: &SearchKey<'_>) -> bool {
+    match key {
+        SearchKey::ModSequence { .. } => true,
+        SearchKey::And(keys) => keys.as_ref().iter().any(uses_modseq),
+        SearchKey::Or(a, b) => uses_modseq(a) || uses_modseq(b),
+        SearchKey::Not(k) => uses_modseq(k),
         _ => false,
     }
 }

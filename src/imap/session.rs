@@ -2,6 +2,10 @@
 //! and the commands, over the store. The selected folder is a snapshot of (uid, flags) in
 //! sequence order; store change notifications mark it stale, and it is brought up to date
 //! (untagged EXISTS, FETCH FLAGS, EXPUNGE) before each tagged reply and during IDLE.
+//!
+//! CONDSTORE (RFC 7162) rests on the store's modification sequences: HIGHESTMODSEQ at
+//! SELECT, FETCH MODSEQ and CHANGEDSINCE, STORE UNCHANGEDSINCE (`OK [MODIFIED ...]`),
+//! SEARCH MODSEQ and STATUS HIGHESTMODSEQ. QRESYNC is not offered.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,8 +14,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use imap_codec::imap_types::IntoStatic;
 use imap_codec::imap_types::auth::{AuthMechanism, AuthenticateData};
-use imap_codec::imap_types::command::{Command, CommandBody};
+use imap_codec::imap_types::command::{
+    Command, CommandBody, FetchModifier, SelectParameter, StoreModifier,
+};
 use imap_codec::imap_types::extensions::binary::LiteralOrLiteral8;
+use imap_codec::imap_types::extensions::enable::CapabilityEnable;
 use imap_codec::imap_types::fetch::{MacroOrMessageDataItemNames, MessageDataItemName};
 use imap_codec::imap_types::flag::{Flag, StoreResponse, StoreType};
 use imap_codec::imap_types::mailbox::{ListMailbox, Mailbox};
@@ -50,6 +57,7 @@ pub(super) async fn run(imap: Arc<Imap>, mut conn: Conn, peer: SocketAddr) -> Re
         peer,
         user: None,
         selected: None,
+        condstore: false,
     };
     let greeting = format!(
         "* OK [CAPABILITY {}] xmta IMAP ready\r\n",
@@ -102,6 +110,8 @@ struct Session {
     user: Option<String>,
     selected: Option<Selected>,
     changes: broadcast::Receiver<MailboxChange>,
+    /// CONDSTORE is in use (RFC 7162 §3.1): flag updates then carry MODSEQ.
+    condstore: bool,
 }
 
 struct Selected {
@@ -198,6 +208,15 @@ fn uid_set(uids: &[u32]) -> String {
     out.join(",")
 }
 
+/// ` MODSEQ (n)` for a FETCH response once CONDSTORE is in use.
+fn modseq_item(condstore: bool, modseq: u64) -> String {
+    if condstore {
+        format!(" MODSEQ ({})", modseq.max(1))
+    } else {
+        String::new()
+    }
+}
+
 fn store_error(e: &StoreError) -> String {
     warn!(error = %e, "imap: store error");
     "NO [SERVERBUG] the store failed, try again".to_owned()
@@ -242,6 +261,7 @@ impl Session {
             "UNSELECT",
             "ENABLE",
             "SPECIAL-USE",
+            "CONDSTORE",
         ]);
         let limit = format!(
             "APPENDLIMIT={}",
@@ -287,6 +307,7 @@ impl Session {
     fn sync(&mut self, out: &mut Vec<u8>, allow_expunge: bool) -> Result<(), StoreError> {
         self.note_changes();
         let user = self.user().to_owned();
+        let condstore = self.condstore;
         let Some(sel) = &mut self.selected else {
             return Ok(());
         };
@@ -314,10 +335,11 @@ impl Session {
                         m.meta.modseq = f.modseq;
                         out.extend_from_slice(
                             format!(
-                                "* {} FETCH (FLAGS {} UID {})\r\n",
+                                "* {} FETCH (FLAGS {} UID {}{})\r\n",
                                 i + 1,
                                 flag_list(&m.meta.flags),
-                                m.meta.uid
+                                m.meta.uid,
+                                modseq_item(condstore, m.meta.modseq)
                             )
                             .as_bytes(),
                         );
@@ -423,8 +445,14 @@ impl Session {
                 "BAD already authenticated".into()
             }
             _ if !authed => "BAD log in first".into(),
-            CommandBody::Select { mailbox, .. } => self.select(&mut out, &mailbox, false),
-            CommandBody::Examine { mailbox, .. } => self.select(&mut out, &mailbox, true),
+            CommandBody::Select {
+                mailbox,
+                parameters,
+            } => self.select(&mut out, &mailbox, false, &parameters),
+            CommandBody::Examine {
+                mailbox,
+                parameters,
+            } => self.select(&mut out, &mailbox, true, &parameters),
             CommandBody::Create { mailbox } => self.create(&mailbox).await,
             CommandBody::Delete { mailbox } => self.delete(&mailbox).await,
             CommandBody::Rename { from, to } => self.rename(&from, &to).await,
@@ -459,9 +487,18 @@ impl Session {
                 out.extend_from_slice(b"* NAMESPACE ((\"\" \"/\")) NIL NIL\r\n");
                 "OK NAMESPACE completed".into()
             }
-            CommandBody::Enable { .. } => {
-                // None of the capabilities ENABLE can turn on is offered.
-                out.extend_from_slice(b"* ENABLED\r\n");
+            CommandBody::Enable { capabilities } => {
+                // Of the capabilities ENABLE can turn on, only CONDSTORE is offered.
+                out.extend_from_slice(b"* ENABLED");
+                if capabilities
+                    .as_ref()
+                    .iter()
+                    .any(|c| matches!(c, CapabilityEnable::CondStore))
+                {
+                    self.condstore = true;
+                    out.extend_from_slice(b" CONDSTORE");
+                }
+                out.extend_from_slice(b"\r\n");
                 "OK ENABLE completed".into()
             }
             CommandBody::Idle => return self.idle(conn, &tag).await,
@@ -504,17 +541,44 @@ impl Session {
                 sequence_set,
                 macro_or_item_names,
                 uid,
-                ..
+                modifiers,
             } => {
                 allow_expunge = false;
-                let items = match macro_or_item_names {
+                let mut items: Vec<MessageDataItemName<'static>> = match macro_or_item_names {
                     MacroOrMessageDataItemNames::Macro(m) => {
                         m.expand().into_iter().map(|i| i.into_static()).collect()
                     }
                     MacroOrMessageDataItemNames::MessageDataItemNames(items) => items,
                 };
-                self.fetch(conn, &mut out, &sequence_set, items, uid)
-                    .await?
+                let mut changed_since = None;
+                for m in &modifiers {
+                    match m {
+                        FetchModifier::ChangedSince(n) => changed_since = Some(n.get()),
+                        FetchModifier::Vanished => {}
+                    }
+                }
+                if changed_since.is_some()
+                    && !items
+                        .iter()
+                        .any(|i| matches!(i, MessageDataItemName::ModSeq))
+                {
+                    items.push(MessageDataItemName::ModSeq);
+                }
+                if items
+                    .iter()
+                    .any(|i| matches!(i, MessageDataItemName::ModSeq))
+                {
+                    self.condstore = true;
+                }
+                if modifiers
+                    .iter()
+                    .any(|m| matches!(m, FetchModifier::Vanished))
+                {
+                    "BAD VANISHED needs QRESYNC, which is not offered".into()
+                } else {
+                    self.fetch(conn, &mut out, &sequence_set, items, uid, changed_since)
+                        .await?
+                }
             }
             CommandBody::Store {
                 sequence_set,
@@ -522,11 +586,27 @@ impl Session {
                 response,
                 flags,
                 uid,
-                ..
+                modifiers,
             } => {
                 allow_expunge = false;
-                self.store(&mut out, &sequence_set, kind, response, &flags, uid)
-                    .await
+                let unchanged_since = modifiers
+                    .iter()
+                    .map(|m| match m {
+                        StoreModifier::UnchangedSince(n) => *n,
+                    })
+                    .next();
+                if unchanged_since.is_some() {
+                    self.condstore = true;
+                }
+                self.store(
+                    &mut out,
+                    &sequence_set,
+                    (kind, response),
+                    &flags,
+                    uid,
+                    unchanged_since,
+                )
+                .await
             }
             CommandBody::Copy {
                 sequence_set,
@@ -594,8 +674,26 @@ impl Session {
         "OK logged in".into()
     }
 
-    fn select(&mut self, out: &mut Vec<u8>, mailbox: &Mailbox<'_>, read_only: bool) -> String {
+    fn select(
+        &mut self,
+        out: &mut Vec<u8>,
+        mailbox: &Mailbox<'_>,
+        read_only: bool,
+        parameters: &[SelectParameter],
+    ) -> String {
         self.selected = None;
+        if parameters
+            .iter()
+            .any(|p| matches!(p, SelectParameter::QResync { .. }))
+        {
+            return "BAD QRESYNC is not offered".into();
+        }
+        if parameters
+            .iter()
+            .any(|p| matches!(p, SelectParameter::CondStore))
+        {
+            self.condstore = true;
+        }
         let folder = mailbox_name(mailbox);
         let store = &self.imap.core.store;
         let user = self.user().to_owned();
@@ -625,8 +723,11 @@ impl Session {
         }
         out.extend_from_slice(
             format!(
-                "* OK [UIDVALIDITY {}] UIDs valid\r\n* OK [UIDNEXT {}] predicted next UID\r\n",
-                info.uidvalidity, info.uidnext
+                "* OK [UIDVALIDITY {}] UIDs valid\r\n* OK [UIDNEXT {}] predicted next UID\r\n\
+                 * OK [HIGHESTMODSEQ {}] highest\r\n",
+                info.uidvalidity,
+                info.uidnext,
+                info.highest_modseq.max(1)
             )
             .as_bytes(),
         );
@@ -834,6 +935,10 @@ impl Session {
                 StatusDataItemName::Unseen => {
                     parts.push(format!("UNSEEN {}", count("\\Seen", false)))
                 }
+                StatusDataItemName::HighestModSeq => {
+                    self.condstore = true;
+                    parts.push(format!("HIGHESTMODSEQ {}", info.highest_modseq.max(1)));
+                }
                 StatusDataItemName::Deleted => {
                     parts.push(format!("DELETED {}", count("\\Deleted", true)));
                 }
@@ -906,6 +1011,10 @@ impl Session {
     }
 
     fn search(&mut self, out: &mut Vec<u8>, key: &SearchKey<'_>, uid: bool) -> String {
+        let with_modseq = search::uses_modseq(key);
+        if with_modseq {
+            self.condstore = true;
+        }
         let Some(sel) = &self.selected else {
             return "BAD no folder selected".into();
         };
@@ -916,6 +1025,7 @@ impl Session {
             max_uid: sel.msgs.last().map_or(0, |m| m.meta.uid),
         };
         let mut hits = Vec::new();
+        let mut max_modseq = 0;
         for (i, m) in sel.msgs.iter().enumerate() {
             if m.expunged {
                 continue;
@@ -932,11 +1042,17 @@ impl Session {
             };
             if search::matches(key, &mut c, &ctx) {
                 hits.push(if uid { m.meta.uid } else { i as u32 + 1 });
+                max_modseq = max_modseq.max(m.meta.modseq.max(1));
             }
         }
         out.extend_from_slice(b"* SEARCH");
+        let any = !hits.is_empty();
         for h in hits {
             out.extend_from_slice(format!(" {h}").as_bytes());
+        }
+        // RFC 7162 §3.1.5: the highest mod-sequence of the messages found.
+        if with_modseq && any {
+            out.extend_from_slice(format!(" (MODSEQ {max_modseq})").as_bytes());
         }
         out.extend_from_slice(b"\r\n");
         "OK SEARCH completed".into()
@@ -949,6 +1065,7 @@ impl Session {
         set: &SequenceSet,
         mut items: Vec<MessageDataItemName<'static>>,
         uid: bool,
+        changed_since: Option<u64>,
     ) -> Reply {
         let indices = match self.resolve(set, uid) {
             Ok(i) => i,
@@ -967,7 +1084,7 @@ impl Session {
         let mut seen_uids = Vec::new();
         for i in indices {
             let m = &sel.msgs[i];
-            if m.expunged {
+            if m.expunged || changed_since.is_some_and(|since| m.meta.modseq.max(1) <= since) {
                 continue;
             }
             let raw = if needs_body {
@@ -1013,6 +1130,7 @@ impl Session {
                 uids: seen_uids,
                 change: FlagChange::Add,
                 flags: vec!["\\Seen".into()],
+                unchanged_since: None,
             };
             match store.apply_op(op).await {
                 Ok(OpResult::FlagsSet(updates)) => self.apply_updates(&updates),
@@ -1045,10 +1163,10 @@ impl Session {
         &mut self,
         out: &mut Vec<u8>,
         set: &SequenceSet,
-        kind: StoreType,
-        response: StoreResponse,
+        (kind, response): (StoreType, StoreResponse),
         flags: &[Flag<'_>],
         uid: bool,
+        unchanged_since: Option<u64>,
     ) -> String {
         if self.selected.as_ref().is_some_and(|s| s.read_only) {
             return "NO [READ-ONLY] folder is read-only".into();
@@ -1082,6 +1200,7 @@ impl Session {
             uids,
             change,
             flags: flag_strings(flags),
+            unchanged_since,
         };
         let updates = match self.imap.core.store.apply_op(op).await {
             Ok(OpResult::FlagsSet(u)) => u,
@@ -1089,28 +1208,48 @@ impl Session {
             Err(e) => return store_error(&e),
         };
         self.apply_updates(&updates);
-        if matches!(response, StoreResponse::Answer)
-            && let Some(sel) = &self.selected
-        {
-            for u in &updates {
-                if let Ok(i) = sel.msgs.binary_search_by_key(&u.uid, |m| m.meta.uid) {
-                    let uid_part = if uid {
-                        format!(" UID {}", u.uid)
-                    } else {
-                        String::new()
-                    };
-                    out.extend_from_slice(
-                        format!(
-                            "* {} FETCH (FLAGS {}{uid_part})\r\n",
-                            i + 1,
-                            flag_list(&u.flags)
-                        )
-                        .as_bytes(),
-                    );
-                }
+        let condstore = self.condstore;
+        let Some(sel) = &self.selected else {
+            return "BAD no folder selected".into();
+        };
+        let mut refused = Vec::new();
+        for u in &updates {
+            let Ok(i) = sel.msgs.binary_search_by_key(&u.uid, |m| m.meta.uid) else {
+                continue;
+            };
+            if u.refused {
+                refused.push(if uid { u.uid } else { i as u32 + 1 });
+                continue;
             }
+            // RFC 7162 §3.1.3: with CONDSTORE, changed messages are reported even if silent.
+            let silent = matches!(response, StoreResponse::Silent);
+            if silent && !(condstore && u.changed) {
+                continue;
+            }
+            let uid_part = if uid {
+                format!(" UID {}", u.uid)
+            } else {
+                String::new()
+            };
+            let flags_part = if silent {
+                String::new()
+            } else {
+                format!("FLAGS {}", flag_list(&u.flags))
+            };
+            let modseq = modseq_item(condstore, u.modseq);
+            let items = format!("{flags_part}{uid_part}{modseq}");
+            out.extend_from_slice(
+                format!("* {} FETCH ({})\r\n", i + 1, items.trim_start()).as_bytes(),
+            );
         }
-        "OK STORE completed".into()
+        if refused.is_empty() {
+            "OK STORE completed".into()
+        } else {
+            format!(
+                "OK [MODIFIED {}] some messages changed meanwhile",
+                uid_set(&refused)
+            )
+        }
     }
 
     async fn copy(

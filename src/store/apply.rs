@@ -83,7 +83,8 @@ impl<'txn> Tables<'txn> {
                     uids,
                     change,
                     flags,
-                } => self.set_flags(address, folder, uids, *change, flags)?,
+                    unchanged_since,
+                } => self.set_flags(address, folder, uids, *change, flags, *unchanged_since)?,
                 Op::Expunge {
                     address,
                     folder,
@@ -426,6 +427,7 @@ impl Tables<'_> {
         uids: &[u32],
         change: FlagChange,
         flags: &[String],
+        unchanged_since: Option<u64>,
     ) -> Result<OpResult, StoreError> {
         let Some(mut mailbox) = tables::get_mailbox(&self.mailboxes, address, folder)? else {
             return Ok(OpResult::FlagsSet(Vec::new()));
@@ -437,6 +439,16 @@ impl Tables<'_> {
             let Some(mut rec) = self.message(mailbox.id, uid)? else {
                 continue;
             };
+            if unchanged_since.is_some_and(|since| rec.modseq > since) {
+                out.push(FlagUpdate {
+                    uid,
+                    flags: rec.flags,
+                    modseq: rec.modseq,
+                    changed: false,
+                    refused: true,
+                });
+                continue;
+            }
             let new = changed_flags(&rec.flags, change, flags);
             let changed = !same_flags(&new, &rec.flags);
             if changed {
@@ -451,6 +463,7 @@ impl Tables<'_> {
                 flags: rec.flags,
                 modseq: rec.modseq,
                 changed,
+                refused: false,
             });
         }
         if any {

@@ -147,6 +147,9 @@ pub struct FlagUpdate {
     pub modseq: u64,
     /// Whether the op changed them.
     pub changed: bool,
+    /// Left alone because the message changed after `unchanged_since` (RFC 7162
+    /// UNCHANGEDSINCE).
+    pub refused: bool,
 }
 
 /// The outcome of [`Op::CopyMessages`].
@@ -285,13 +288,16 @@ pub enum Op {
     /// Forget dedupe records older than `older_than` (unix seconds).
     PruneDedupe { older_than: i64 },
     /// Change the flags of the folder's messages with these uids (missing uids are skipped).
-    /// Every message changed gets the folder's next modification sequence.
+    /// Every message changed gets the folder's next modification sequence. With
+    /// `unchanged_since`, a message whose modification sequence is higher is left alone
+    /// (and reported `refused`).
     SetFlags {
         address: String,
         folder: String,
         uids: Vec<u32>,
         change: FlagChange,
         flags: Vec<String>,
+        unchanged_since: Option<u64>,
     },
     /// Remove the folder's messages with these uids (bodies go with their last reference).
     Expunge {

@@ -647,6 +647,7 @@ fn flags_op(uids: &[u32], change: FlagChange, flags: &[&str]) -> Op {
         uids: uids.to_vec(),
         change,
         flags: flags.iter().map(|f| f.to_string()).collect(),
+        unchanged_since: None,
     }
 }
 
@@ -960,4 +961,38 @@ async fn changes_are_announced_after_commit() {
     let c = changes.recv().await.unwrap();
     assert_eq!(c.address, "v@x");
     assert!(changes.try_recv().is_err());
+}
+
+#[tokio::test]
+async fn unchanged_since_refuses_messages_changed_later() {
+    let store = memory_store();
+    let uids = three_messages(&store).await;
+    store
+        .apply_op(flags_op(&[uids[1]], FlagChange::Add, &["\\Seen"]))
+        .await
+        .unwrap();
+    let msgs = store.messages("u@x", INBOX).unwrap();
+    let since = msgs[0].modseq;
+    assert!(msgs[1].modseq > since);
+    let op = Op::SetFlags {
+        address: "u@x".into(),
+        folder: INBOX.into(),
+        uids: uids.clone(),
+        change: FlagChange::Add,
+        flags: vec!["\\Flagged".into()],
+        unchanged_since: Some(msgs[2].modseq),
+    };
+    let OpResult::FlagsSet(updates) = store.apply_op(op).await.unwrap() else {
+        panic!()
+    };
+    let refused: Vec<u32> = updates
+        .iter()
+        .filter(|u| u.refused)
+        .map(|u| u.uid)
+        .collect();
+    assert_eq!(refused, vec![uids[1]]);
+    let msgs = store.messages("u@x", INBOX).unwrap();
+    assert_eq!(msgs[0].flags, vec!["\\Flagged"]);
+    assert_eq!(msgs[1].flags, vec!["\\Seen"]);
+    assert_eq!(msgs[2].flags, vec!["\\Flagged"]);
 }
