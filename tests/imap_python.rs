@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::imap::*;
+use common::imap::{self, *};
 use common::*;
 
 const SESSION: &str = r#"
@@ -209,6 +209,42 @@ fn idle_reports_new_mail_within_a_second() {
         at - seen < 1.0,
         "EXISTS {:.3} s after the store had it",
         at - seen
+    );
+    py.finish(10);
+}
+
+/// Issue 4: mail arriving over SMTP shows up in IDLE within a second of the 250.
+#[test]
+fn idle_reports_mail_from_smtp() {
+    let smtp_port = free_port("127.0.0.103");
+    let (x, imap) = imap::imap_server(
+        "b.test",
+        "127.0.0.103",
+        &format!("[smtp]\nlisten = [\"127.0.0.103:{smtp_port}\"]"),
+    );
+    x.add_user("bob@b.test");
+    let mut py = PyChild::start(IDLE, &["127.0.0.103", &imap.port().to_string()]);
+    assert_eq!(py.line(20), "IDLING");
+    let out = python(
+        r#"
+import smtplib, sys, time
+s = smtplib.SMTP(sys.argv[1], int(sys.argv[2]))
+s.sendmail('carol@c.example', ['bob@b.test'], b'From: carol@c.example\r\nTo: bob@b.test\r\nSubject: by smtp\r\n\r\nhello\r\n')
+print('%.3f' % time.time())
+s.quit()
+"#,
+        &["127.0.0.103", &smtp_port.to_string()],
+        30,
+    );
+    let accepted: f64 = out.trim().parse().expect("time");
+    let line = py.line(10);
+    let f: Vec<&str> = line.split(' ').collect();
+    assert_eq!(f[..2], ["EXISTS", "1"], "{line}");
+    let at: f64 = f[2].parse().expect("time");
+    assert!(
+        at - accepted < 1.0,
+        "EXISTS {:.3} s after the 250",
+        at - accepted
     );
     py.finish(10);
 }

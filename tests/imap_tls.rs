@@ -83,3 +83,54 @@ fn starttls_and_implicit_tls() {
     );
     assert_eq!(out.trim(), "OK");
 }
+
+/// RFC 3501 §6.2.1 / RFC 2595: commands sent together with STARTTLS, before the handshake,
+/// are dropped, not run inside the TLS session.
+#[test]
+fn starttls_drops_pipelined_plaintext() {
+    let certs = tempfile::tempdir().expect("tempdir");
+    let (ca, pairs) = make_certs(certs.path(), &["t.test"]);
+    let (cert, key) = &pairs[0];
+    let plain = free_port("127.0.0.104");
+    let extra = format!(
+        "[imap]\nlisten = [\"127.0.0.104:{plain}\"]\ncert = \"{}\"\nkey = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    let mut x = Xmta::new(Spec {
+        domain: "t.test",
+        ip: "127.0.0.104",
+        routes: vec![],
+        extra: &extra,
+        s2s_extra: "",
+    });
+    x.start();
+    let out = python(
+        r#"
+import socket, ssl, sys
+host, port, ca = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+s = socket.create_connection((host, port))
+f = s.makefile('rb')
+assert f.readline().startswith(b'* OK')
+s.sendall(b'a STARTTLS\r\nb CAPABILITY\r\n')
+line = f.readline()
+assert line.startswith(b'a OK'), line
+ctx = ssl.create_default_context(cafile=ca)
+t = ctx.wrap_socket(s, server_hostname='t.test')
+tf = t.makefile('rb')
+t.sendall(b'c NOOP\r\n')
+lines = []
+while True:
+    l = tf.readline()
+    lines.append(l)
+    if l.startswith(b'c '):
+        break
+assert not any(l.startswith(b'b ') or l.startswith(b'* CAPABILITY') for l in lines), lines
+assert lines[-1].startswith(b'c OK'), lines
+print('OK')
+"#,
+        &["127.0.0.104", &plain.to_string(), ca.to_str().expect("ca")],
+        30,
+    );
+    assert_eq!(out.trim(), "OK");
+}
