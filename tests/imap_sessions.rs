@@ -312,3 +312,110 @@ fn condstore() {
     let r = a.cmd("c9", "FETCH 2 (FLAGS)");
     assert!(has(&r, "FLAGS (\\Flagged)") && !has(&r, "\\Seen"), "{r:?}");
 }
+
+fn uidvalidity(lines: &[String]) -> String {
+    lines
+        .iter()
+        .find_map(|l| l.strip_prefix("* OK [UIDVALIDITY "))
+        .and_then(|l| l.split(']').next())
+        .unwrap_or_else(|| panic!("no UIDVALIDITY in {lines:?}"))
+        .to_string()
+}
+
+/// The folder commands (CREATE, LIST, SUBSCRIBE/LSUB, RENAME, STATUS, DELETE with a new
+/// UIDVALIDITY on re-create), COPY with COPYUID, UID EXPUNGE, EXAMINE read-only, CLOSE,
+/// UNSELECT, NAMESPACE, and FETCH of MIME parts over the wire.
+#[test]
+fn folders_copy_and_mime_fetch() {
+    let (x, addr) = imap_server("s.test", "127.0.0.105", "");
+    three_messages(&x, "u@s.test");
+    let mut c = ImapRaw::connect(addr);
+    c.login("u@s.test");
+    assert!(has(
+        &c.cmd("n", "NAMESPACE"),
+        "* NAMESPACE ((\"\" \"/\")) NIL NIL"
+    ));
+    assert!(last(&c.cmd("c1", "CREATE Work/Sub")).starts_with("c1 OK"));
+    assert!(last(&c.cmd("c2", "CREATE Work")).starts_with("c2 NO [ALREADYEXISTS]"));
+    let r = c.cmd("c3", "LIST \"\" \"Work*\"");
+    assert!(has(&r, "* LIST (\\HasChildren) \"/\" \"Work\""), "{r:?}");
+    assert!(
+        has(&r, "* LIST (\\HasNoChildren) \"/\" \"Work/Sub\""),
+        "{r:?}"
+    );
+    let r = c.cmd("c4", "LIST \"\" %");
+    assert!(!has(&r, "Work/Sub") && has(&r, "\"Work\""), "{r:?}");
+    assert!(has(&r, "\\Sent) \"/\" \"Sent\""), "{r:?}");
+    assert!(!has(&c.cmd("c5", "LSUB \"\" *"), "Work"));
+    assert!(last(&c.cmd("c6", "SUBSCRIBE Work")).starts_with("c6 OK"));
+    assert!(has(&c.cmd("c7", "LSUB \"\" *"), "\"Work\""));
+
+    // COPY with COPYUID into Work/Sub.
+    let r = c.cmd("s1", "EXAMINE Work/Sub");
+    let sub_validity = uidvalidity(&r);
+    c.cmd("s2", "SELECT INBOX");
+    let r = c.cmd("s3", "COPY 2:3 Work/Sub");
+    assert_eq!(
+        last(&r),
+        format!("s3 OK [COPYUID {sub_validity} 2:3 1:2] COPY completed\r\n")
+    );
+    assert!(last(&c.cmd("s4", "COPY 1 Nowhere")).starts_with("s4 NO [TRYCREATE]"));
+    // UID EXPUNGE removes only the listed \Deleted messages.
+    c.cmd("s5", "STORE 1:2 +FLAGS.SILENT (\\Deleted)");
+    let r = c.cmd("s6", "UID EXPUNGE 2");
+    assert!(has(&r, "* 2 EXPUNGE") && !has(&r, "* 1 EXPUNGE"), "{r:?}");
+    // CLOSE expunges the rest silently.
+    let r = c.cmd("s7", "CLOSE");
+    assert!(!has(&r, "EXPUNGE"), "{r:?}");
+    let r = c.cmd("s8", "STATUS INBOX (MESSAGES UNSEEN UIDNEXT)");
+    assert!(
+        has(&r, "* STATUS \"INBOX\" (MESSAGES 1 UNSEEN 1 UIDNEXT 4)"),
+        "{r:?}"
+    );
+
+    // RENAME keeps the folder (and its UIDVALIDITY), with its subfolder.
+    assert!(last(&c.cmd("r1", "RENAME Work Job")).starts_with("r1 OK"));
+    let r = c.cmd("r2", "EXAMINE Job/Sub");
+    assert_eq!(uidvalidity(&r), sub_validity);
+    assert!(has(&r, "* 2 EXISTS"), "{r:?}");
+    assert!(last(&c.cmd("r3", "STORE 1 +FLAGS (\\Seen)")).starts_with("r3 NO [READ-ONLY]"));
+    assert!(last(&c.cmd("r4", "UNSELECT")).starts_with("r4 OK"));
+    assert!(last(&c.cmd("r5", "DELETE Job/Sub")).starts_with("r5 OK"));
+    assert!(last(&c.cmd("r6", "DELETE INBOX")).starts_with("r6 NO"));
+    assert!(last(&c.cmd("r7", "CREATE Job/Sub")).starts_with("r7 OK"));
+    assert_ne!(uidvalidity(&c.cmd("r8", "SELECT Job/Sub")), sub_validity);
+    assert!(last(&c.cmd("r9", "APPEND Nowhere {1+}\r\nx")).starts_with("r9 NO [TRYCREATE]"));
+
+    // A MIME message: sections, BODYSTRUCTURE and ENVELOPE over the wire.
+    let mime = "From: A <a@x.test>\r\nTo: u@s.test\r\nSubject: parts\r\nMIME-Version: 1.0\r\n\
+                Content-Type: multipart/alternative; boundary=\"zz\"\r\n\r\n--zz\r\n\
+                Content-Type: text/plain\r\n\r\nplain part\r\n--zz\r\n\
+                Content-Type: text/html\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n\
+                <p>html part</p>\r\n--zz--\r\n";
+    let r = c.cmd("m1", &format!("APPEND INBOX {{{}+}}\r\n{mime}", mime.len()));
+    assert!(last(&r).starts_with("m1 OK [APPENDUID"), "{r:?}");
+    c.cmd("m2", "SELECT INBOX");
+    let r = c.cmd(
+        "m3",
+        "FETCH 2 (BODY.PEEK[2] BODY.PEEK[1.MIME] BODYSTRUCTURE ENVELOPE)",
+    );
+    let all: String = r.concat();
+    assert!(all.contains("BODY[2] {16}\r\n<p>html part</p>"), "{all}");
+    assert!(
+        all.contains("BODY[1.MIME] {28}\r\nContent-Type: text/plain\r\n\r\n"),
+        "{all}"
+    );
+    assert!(
+        all.contains("BODYSTRUCTURE ((\"TEXT\" \"PLAIN\" (\"CHARSET\" \"US-ASCII\") NIL NIL \"7BIT\" 10 0 NIL NIL NIL NIL)(\"TEXT\" \"HTML\" (\"CHARSET\" \"US-ASCII\") NIL NIL \"QUOTED-PRINTABLE\" 16 0 NIL NIL NIL NIL) \"ALTERNATIVE\" (\"BOUNDARY\" \"zz\") NIL NIL NIL)"),
+        "{all}"
+    );
+    assert!(
+        all.contains("ENVELOPE (NIL \"parts\" ((\"A\" NIL \"a\" \"x.test\"))"),
+        "{all}"
+    );
+    // PEEK left \Seen alone; BODY[] without it sets it.
+    assert!(has(&c.cmd("m4", "FETCH 2 (FLAGS)"), "FLAGS ()"));
+    let r = c.cmd("m5", "FETCH 2 (BODY[TEXT]<0.4>)");
+    assert!(r.concat().contains("BODY[TEXT]<0> {4}\r\n--zz"), "{r:?}");
+    assert!(has(&r, "FLAGS (\\Seen)"), "{r:?}");
+}

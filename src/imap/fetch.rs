@@ -60,6 +60,7 @@ pub fn needs_body(item: &MessageDataItemName<'_>) -> bool {
             | MessageDataItemName::InternalDate
             | MessageDataItemName::Rfc822Size
             | MessageDataItemName::Uid
+            | MessageDataItemName::ModSeq
     )
 }
 
