@@ -1,6 +1,9 @@
-//! The IMAP bridge: IMAP4rev1 (RFC 3501) with IDLE, UIDPLUS, MOVE, NAMESPACE, UNSELECT,
-//! LITERAL+, ENABLE and SPECIAL-USE over the store's folders, so that ordinary mail clients
-//! read the mail xmta received over XMPP or SMTP.
+//! The IMAP bridge: IMAP4rev1 (RFC 3501) with IDLE, UIDPLUS, MOVE, CONDSTORE, NAMESPACE,
+//! UNSELECT, LITERAL+, ENABLE and SPECIAL-USE over the store's folders, so that ordinary mail
+//! clients read the mail xmta received over XMPP or SMTP.
+//!
+//! Commands are answered with hand-written response lines (FETCH data in fetch.rs); the
+//! grammar of the replies is small and fixed, while parsing is where the hard cases are.
 //!
 //! Commands are parsed by imap-codec: its `Fragmentizer` splits the byte stream into lines and
 //! literals (so literal sizes are checked before a byte of them is accepted) and its codecs
@@ -14,7 +17,8 @@
 //! (`NO [TOOBIG]` for a synchronizing literal; a non-synchronizing one that is too large cannot
 //! be refused without reading it, so the connection is closed with `BYE`), message size for
 //! APPEND (`[delivery] max_message_bytes`), idle time (`BYE` autologout), connections (`BYE` at
-//! connect) and failed logins per client address (`NO [UNAVAILABLE]`).
+//! connect) and failed logins per client address (`NO [UNAVAILABLE]`). SEARCH nesting is
+//! bounded by imap-codec's own recursion limit (a deeper key does not parse: `BAD`).
 
 mod auth;
 mod fetch;
