@@ -674,6 +674,31 @@ mod tests {
     }
 
     #[test]
+    fn imap_section() {
+        let c = Config::parse("[server]\ndomains=['a.test']\n", "x.toml").unwrap();
+        assert!(c.imap.listen.is_empty() && !c.imap.allow_plaintext_auth);
+        assert_eq!(c.imap.max_literal_bytes, c.delivery.max_message_bytes);
+        let e = Config::parse(
+            "[server]\ndomains=['a.test']\n[imap]\ntls_listen=['127.0.0.1:993']\n",
+            "x.toml",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("imap.tls_listen"), "{e}");
+        let e = Config::parse(
+            "[server]\ndomains=['a.test']\n[imap]\nmax_command_line=10\n",
+            "x.toml",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("imap.max_command_line"), "{e}");
+        let e = Config::parse(
+            "[server]\ndomains=['a.test']\n[s2s]\nlisten=['127.0.0.1:5269']\n[imap]\nlisten=['127.0.0.1:5269']\n",
+            "x.toml",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("imap.listen"), "{e}");
+    }
+
+    #[test]
     fn cidr() {
         let n = parse_cidr("127.0.0.80/32").unwrap();
         assert!(cidr_contains(n, "127.0.0.80".parse().unwrap()));

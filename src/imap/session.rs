@@ -694,6 +694,9 @@ impl Session {
         {
             self.condstore = true;
         }
+        // Notifications from before the snapshot below are about older states; any later one
+        // marks it stale.
+        self.note_changes();
         let folder = mailbox_name(mailbox);
         let store = &self.imap.core.store;
         let user = self.user().to_owned();
@@ -731,8 +734,6 @@ impl Session {
             )
             .as_bytes(),
         );
-        // Notifications from before this snapshot are about older states.
-        self.note_changes();
         self.selected = Some(Selected {
             folder,
             read_only,
