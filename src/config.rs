@@ -66,6 +66,9 @@ pub struct Config {
     /// `xmta import`.
     #[serde(default)]
     pub import: ImportConfig,
+    /// The IMAP bridge (listeners off by default).
+    #[serde(default)]
+    pub imap: ImapConfig,
     /// Where the config was read from (for messages); not a key.
     #[serde(skip)]
     pub source: String,
@@ -783,6 +786,7 @@ impl Config {
                 "batch_messages must be at least 1 and batch_bytes at least 1024",
             ));
         }
+        self.validate_imap()?;
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(self.invalid(
                 "log.level",
@@ -848,6 +852,40 @@ impl Config {
     }
 
     /// The name in SMTP greetings and Received headers.
+    fn validate_imap(&mut self) -> Result<(), ConfigError> {
+        if self.imap.max_literal_bytes == 0 {
+            self.imap.max_literal_bytes = self.delivery.max_message_bytes;
+        }
+        if self.imap.max_connections == 0 {
+            return Err(self.invalid("imap.max_connections", "must be at least 1"));
+        }
+        if self.imap.max_command_line < 1024 {
+            return Err(self.invalid("imap.max_command_line", "must be at least 1024"));
+        }
+        if self.imap.idle_timeout_secs == 0 {
+            return Err(self.invalid("imap.idle_timeout_secs", "must be at least 1"));
+        }
+        if self.imap.cert.is_some() != self.imap.key.is_some() {
+            return Err(self.invalid("imap.cert", "imap.cert and imap.key go together"));
+        }
+        let has_cert = self.imap.cert.is_some() || self.s2s.cert.is_some();
+        if !self.imap.tls_listen.is_empty() && !has_cert {
+            return Err(self.invalid(
+                "imap.tls_listen",
+                "needs imap.cert and imap.key (or s2s.cert and s2s.key)",
+            ));
+        }
+        for l in self.imap.listen.iter().chain(&self.imap.tls_listen) {
+            if self.smtp.listen.contains(l) || self.s2s.listen.contains(l) {
+                return Err(self.invalid(
+                    "imap.listen",
+                    format!("{l} is also used by another protocol"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     pub fn smtp_hostname(&self) -> &str {
         self.smtp
             .hostname
@@ -1470,6 +1508,31 @@ mod tests {
     }
 
     #[test]
+    fn imap_section() {
+        let c = Config::parse("[server]\ndomains=['a.test']\n", "x.toml").unwrap();
+        assert!(c.imap.listen.is_empty() && !c.imap.allow_plaintext_auth);
+        assert_eq!(c.imap.max_literal_bytes, c.delivery.max_message_bytes);
+        let e = Config::parse(
+            "[server]\ndomains=['a.test']\n[imap]\ntls_listen=['127.0.0.1:993']\n",
+            "x.toml",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("imap.tls_listen"), "{e}");
+        let e = Config::parse(
+            "[server]\ndomains=['a.test']\n[imap]\nmax_command_line=10\n",
+            "x.toml",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("imap.max_command_line"), "{e}");
+        let e = Config::parse(
+            "[server]\ndomains=['a.test']\n[s2s]\nlisten=['127.0.0.1:5269']\n[imap]\nlisten=['127.0.0.1:5269']\n",
+            "x.toml",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("imap.listen"), "{e}");
+    }
+
+    #[test]
     fn cidr() {
         let n = parse_cidr("127.0.0.80/32").unwrap();
         assert!(cidr_contains(n, "127.0.0.80".parse().unwrap()));
@@ -1523,5 +1586,77 @@ mod tests {
         let c = Config::parse("[server]\ndomains=['a.test']\n", "x.toml").unwrap();
         assert_eq!(c.registry_policy("b.test"), None);
         assert!(c.peer_allowed("b.test"));
+    }
+}
+
+/// `[imap]`: the IMAP bridge.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImapConfig {
+    /// Plaintext listeners offering STARTTLS (when a certificate is configured); none by
+    /// default.
+    #[serde(default)]
+    pub listen: Vec<SocketAddr>,
+    /// Implicit-TLS listeners (RFC 8314, port 993); they need a certificate.
+    #[serde(default)]
+    pub tls_listen: Vec<SocketAddr>,
+    /// PEM certificate chain and key; `[s2s] cert`/`key` when not set.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// Whether LOGIN and AUTHENTICATE work without TLS (LOGINDISABLED otherwise).
+    #[serde(default)]
+    pub allow_plaintext_auth: bool,
+    /// Most IMAP connections open at once (all listeners together); more get `* BYE`.
+    #[serde(default = "default_imap_max_connections")]
+    pub max_connections: usize,
+    /// Longest command line (one line, literals not counted); longer ones get `BAD`.
+    #[serde(default = "default_imap_max_line")]
+    pub max_command_line: usize,
+    /// Largest literal accepted; `[delivery] max_message_bytes` when 0 (APPEND larger than
+    /// that is refused with `NO [TOOBIG]` either way).
+    #[serde(default)]
+    pub max_literal_bytes: usize,
+    /// A session silent for this long is logged out (`* BYE`). Before login at most 60 s.
+    #[serde(default = "default_imap_idle")]
+    pub idle_timeout_secs: u64,
+    /// Failed logins from one client address allowed within `login_failure_window_secs`;
+    /// further attempts get `NO [UNAVAILABLE]` until the window has passed.
+    #[serde(default = "default_imap_login_failures")]
+    pub max_login_failures: u32,
+    #[serde(default = "default_imap_login_window")]
+    pub login_failure_window_secs: u64,
+}
+
+fn default_imap_max_connections() -> usize {
+    500
+}
+fn default_imap_max_line() -> usize {
+    65536
+}
+fn default_imap_idle() -> u64 {
+    1800
+}
+fn default_imap_login_failures() -> u32 {
+    5
+}
+fn default_imap_login_window() -> u64 {
+    300
+}
+
+impl Default for ImapConfig {
+    fn default() -> Self {
+        ImapConfig {
+            listen: Vec::new(),
+            tls_listen: Vec::new(),
+            cert: None,
+            key: None,
+            allow_plaintext_auth: false,
+            max_connections: default_imap_max_connections(),
+            max_command_line: default_imap_max_line(),
+            max_literal_bytes: 0,
+            idle_timeout_secs: default_imap_idle(),
+            max_login_failures: default_imap_login_failures(),
+            login_failure_window_secs: default_imap_login_window(),
+        }
     }
 }

@@ -18,6 +18,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod delivery;
+pub mod imap;
 pub mod known_domains;
 pub mod metrics;
 pub mod mta;

@@ -43,6 +43,8 @@ pub enum ServeError {
     Listen(String, String),
     #[error("smtp set-up: {0}")]
     Smtp(String),
+    #[error("imap: {0}")]
+    Imap(String),
     #[error("admin socket {0}: {1}")]
     Admin(String, String),
 }
@@ -172,6 +174,19 @@ async fn serve_inner(cfg: Config, reload: Option<Reload>) -> Result<(), ServeErr
         ),
         None => None,
     };
+    let mut imap_listeners = Vec::new();
+    for (addr, tls) in cfg
+        .imap
+        .listen
+        .iter()
+        .map(|a| (a, false))
+        .chain(cfg.imap.tls_listen.iter().map(|a| (a, true)))
+    {
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|e| ServeError::Listen(addr.to_string(), e.to_string()))?;
+        imap_listeners.push((l, tls));
+    }
     let admin = crate::admin::bind(&cfg.admin_socket())
         .map_err(|e| ServeError::Admin(cfg.admin_socket().display().to_string(), e.to_string()))?;
 
@@ -204,6 +219,13 @@ async fn serve_inner(cfg: Config, reload: Option<Reload>) -> Result<(), ServeErr
     if let Some(l) = socketmap {
         acceptors.push(tokio::spawn(crate::postfix::serve(core.clone(), l)));
     }
+    if !imap_listeners.is_empty() {
+        let imap =
+            crate::imap::Imap::new(core.clone()).map_err(|e| ServeError::Imap(e.to_string()))?;
+        for (l, tls) in imap_listeners {
+            acceptors.push(tokio::spawn(crate::imap::serve(imap.clone(), l, tls)));
+        }
+    }
     tokio::spawn(crate::mta::receive::run(core.clone(), rx));
     if let Some(cc) = cfg.component.clone() {
         tokio::spawn(s2s.clone().run_component(cc));
@@ -217,6 +239,8 @@ async fn serve_inner(cfg: Config, reload: Option<Reload>) -> Result<(), ServeErr
         submission = ?cfg.smtp.submission,
         lmtp = ?cfg.smtp.lmtp,
         socketmap = ?cfg.postfix.socketmap,
+        imap = ?cfg.imap.listen,
+        imaps = ?cfg.imap.tls_listen,
         admin = %cfg.admin_socket().display(),
         metrics = ?cfg.metrics.listen,
         "xmta ready"

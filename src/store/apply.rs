@@ -15,8 +15,8 @@ use super::tables::{
     decode, encode,
 };
 use super::{
-    DEFAULT_FOLDERS, LocalDelivery, NewQueueItem, Op, OpResult, QueueItem, QueueRcpt, RcptOutcome,
-    RcptStatus, StoreError,
+    CopyOutcome, DEFAULT_FOLDERS, FlagChange, FlagUpdate, FolderOutcome, LocalDelivery,
+    NewQueueItem, Op, OpResult, QueueItem, QueueRcpt, RcptOutcome, RcptStatus, StoreError,
 };
 
 /// The store's tables, opened once per write transaction.
@@ -30,6 +30,9 @@ pub(super) struct Tables<'txn> {
     dedupe: Table<'txn, (&'static str, &'static str, &'static str), i64>,
     secrets: Table<'txn, &'static str, &'static [u8]>,
     counters: Table<'txn, &'static str, u64>,
+    /// (address, folder) pairs changed so far, for the change notifications sent after the
+    /// commit.
+    pub touched: Vec<(String, String)>,
 }
 
 impl<'txn> Tables<'txn> {
@@ -44,6 +47,7 @@ impl<'txn> Tables<'txn> {
             dedupe: txn.open_table(DEDUPE)?,
             secrets: txn.open_table(SECRETS)?,
             counters: txn.open_table(COUNTERS)?,
+            touched: Vec::new(),
         })
     }
 
@@ -86,6 +90,34 @@ impl<'txn> Tables<'txn> {
                     }
                     OpResult::Recorded(recipients.len() as u64)
                 }
+                Op::SetFlags {
+                    address,
+                    folder,
+                    uids,
+                    change,
+                    flags,
+                    unchanged_since,
+                } => self.set_flags(address, folder, uids, *change, flags, *unchanged_since)?,
+                Op::Expunge {
+                    address,
+                    folder,
+                    uids,
+                } => self.expunge(address, folder, uids)?,
+                Op::CopyMessages {
+                    address,
+                    from,
+                    to,
+                    uids,
+                    remove_source,
+                } => self.copy_messages(address, from, to, uids, *remove_source)?,
+                Op::CreateFolder { address, folder } => self.create_folder(address, folder)?,
+                Op::DeleteFolder { address, folder } => self.delete_folder(address, folder)?,
+                Op::RenameFolder { address, from, to } => self.rename_folder(address, from, to)?,
+                Op::Subscribe {
+                    address,
+                    folder,
+                    subscribed,
+                } => self.subscribe(address, folder, *subscribed)?,
             };
             results.push(result);
         }
@@ -133,17 +165,20 @@ impl<'txn> Tables<'txn> {
         };
 
         let body = self.share_body(&d.message, written)?;
+        mailbox.highest_modseq += 1;
         let rec = MessageRec {
             size: d.message.len() as u64,
             internal_date: d.internal_date,
             flags: d.flags.clone(),
             body,
+            modseq: mailbox.highest_modseq,
         };
         self.messages
             .insert((mailbox.id, uid), encode(&rec)?.as_slice())?;
         mailbox.uidnext = uidnext;
         mailbox.exists = exists;
         self.put_mailbox(rcpt, &d.folder, &mailbox)?;
+        self.touch(rcpt, &d.folder);
         if let Some(key) = &d.dedupe {
             let dedupe_key = (key.domain.as_str(), key.mail_id.as_str(), rcpt);
             self.dedupe.insert(dedupe_key, d.internal_date)?;
@@ -217,12 +252,7 @@ impl<'txn> Tables<'txn> {
         };
         self.users.insert(address, encode(&rec)?.as_slice())?;
         for folder in DEFAULT_FOLDERS {
-            let mailbox = MailboxRec {
-                id: self.next_counter(NEXT_MAILBOX)?,
-                uidvalidity: self.next_uidvalidity()?,
-                uidnext: 1,
-                exists: 0,
-            };
+            let mailbox = self.new_mailbox(true)?;
             self.put_mailbox(address, folder, &mailbox)?;
         }
         Ok(OpResult::UserAdded(true))
@@ -260,6 +290,7 @@ impl<'txn> Tables<'txn> {
                 self.release_body(body)?;
             }
             self.mailboxes.remove((address, folder.as_str()))?;
+            self.touch(address, &folder);
         }
         self.users.remove(address)?;
         Ok(OpResult::UserDeleted(true))
@@ -370,4 +401,314 @@ impl<'txn> Tables<'txn> {
         self.counters.insert(LAST_UIDVALIDITY, next)?;
         Ok(value)
     }
+}
+
+/// The folder operations of IMAP.
+impl Tables<'_> {
+    fn touch(&mut self, address: &str, folder: &str) {
+        if !self
+            .touched
+            .iter()
+            .any(|(a, f)| a == address && f == folder)
+        {
+            self.touched.push((address.to_owned(), folder.to_owned()));
+        }
+    }
+
+    fn new_mailbox(&mut self, subscribed: bool) -> Result<MailboxRec, StoreError> {
+        Ok(MailboxRec {
+            id: self.next_counter(NEXT_MAILBOX)?,
+            uidvalidity: self.next_uidvalidity()?,
+            uidnext: 1,
+            exists: 0,
+            highest_modseq: 0,
+            subscribed,
+        })
+    }
+
+    fn message(&self, mailbox: u64, uid: u32) -> Result<Option<MessageRec>, StoreError> {
+        match self.messages.get((mailbox, uid))? {
+            Some(rec) => decode("message", rec.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn set_flags(
+        &mut self,
+        address: &str,
+        folder: &str,
+        uids: &[u32],
+        change: FlagChange,
+        flags: &[String],
+        unchanged_since: Option<u64>,
+    ) -> Result<OpResult, StoreError> {
+        let Some(mut mailbox) = tables::get_mailbox(&self.mailboxes, address, folder)? else {
+            return Ok(OpResult::FlagsSet(Vec::new()));
+        };
+        let modseq = mailbox.highest_modseq + 1;
+        let mut out = Vec::new();
+        let mut any = false;
+        for &uid in uids {
+            let Some(mut rec) = self.message(mailbox.id, uid)? else {
+                continue;
+            };
+            if unchanged_since.is_some_and(|since| rec.modseq > since) {
+                out.push(FlagUpdate {
+                    uid,
+                    flags: rec.flags,
+                    modseq: rec.modseq,
+                    changed: false,
+                    refused: true,
+                });
+                continue;
+            }
+            let new = changed_flags(&rec.flags, change, flags);
+            let changed = !same_flags(&new, &rec.flags);
+            if changed {
+                rec.flags = new;
+                rec.modseq = modseq;
+                self.messages
+                    .insert((mailbox.id, uid), encode(&rec)?.as_slice())?;
+                any = true;
+            }
+            out.push(FlagUpdate {
+                uid,
+                flags: rec.flags,
+                modseq: rec.modseq,
+                changed,
+                refused: false,
+            });
+        }
+        if any {
+            mailbox.highest_modseq = modseq;
+            self.put_mailbox(address, folder, &mailbox)?;
+            self.touch(address, folder);
+        }
+        Ok(OpResult::FlagsSet(out))
+    }
+
+    fn expunge(
+        &mut self,
+        address: &str,
+        folder: &str,
+        uids: &[u32],
+    ) -> Result<OpResult, StoreError> {
+        let Some(mut mailbox) = tables::get_mailbox(&self.mailboxes, address, folder)? else {
+            return Ok(OpResult::Expunged(Vec::new()));
+        };
+        let mut removed = Vec::new();
+        for &uid in uids {
+            let Some(rec) = self.message(mailbox.id, uid)? else {
+                continue;
+            };
+            self.messages.remove((mailbox.id, uid))?;
+            self.release_body(rec.body)?;
+            removed.push(uid);
+        }
+        if !removed.is_empty() {
+            mailbox.exists = mailbox.exists.saturating_sub(removed.len() as u32);
+            mailbox.highest_modseq += 1;
+            self.put_mailbox(address, folder, &mailbox)?;
+            self.touch(address, folder);
+        }
+        Ok(OpResult::Expunged(removed))
+    }
+
+    fn copy_messages(
+        &mut self,
+        address: &str,
+        from: &str,
+        to: &str,
+        uids: &[u32],
+        remove_source: bool,
+    ) -> Result<OpResult, StoreError> {
+        let Some(mut source) = tables::get_mailbox(&self.mailboxes, address, from)? else {
+            return Ok(OpResult::Copied(CopyOutcome::NoSuchFolder));
+        };
+        let Some(mut target) = tables::get_mailbox(&self.mailboxes, address, to)? else {
+            return Ok(OpResult::Copied(CopyOutcome::NoSuchFolder));
+        };
+        // Moving into the same folder changes nothing. (Copying into it is a copy like any
+        // other; the source record is then the target's, see below.)
+        if source.id == target.id && remove_source {
+            return Ok(OpResult::Copied(CopyOutcome::Done {
+                uidvalidity: target.uidvalidity,
+                pairs: Vec::new(),
+            }));
+        }
+        let mut found = Vec::new();
+        for &uid in uids {
+            if let Some(rec) = self.message(source.id, uid)? {
+                found.push((uid, rec));
+            }
+        }
+        let Some(count) = u32::try_from(found.len())
+            .ok()
+            .filter(|n| target.uidnext.checked_add(*n).is_some())
+        else {
+            return Err(StoreError::Invalid(format!(
+                "folder {to} of {address} has used up its UIDs"
+            )));
+        };
+        if found.is_empty() {
+            return Ok(OpResult::Copied(CopyOutcome::Done {
+                uidvalidity: target.uidvalidity,
+                pairs: Vec::new(),
+            }));
+        }
+        target.highest_modseq += 1;
+        let mut pairs = Vec::with_capacity(found.len());
+        for (uid, rec) in &found {
+            let new_uid = target.uidnext;
+            target.uidnext += 1;
+            let copy = MessageRec {
+                size: rec.size,
+                internal_date: rec.internal_date,
+                flags: rec.flags.clone(),
+                body: rec.body,
+                modseq: target.highest_modseq,
+            };
+            self.messages
+                .insert((target.id, new_uid), encode(&copy)?.as_slice())?;
+            let refs = self.body_refs.get(rec.body)?.map_or(0, |r| r.value());
+            self.body_refs.insert(rec.body, refs + 1)?;
+            pairs.push((*uid, new_uid));
+        }
+        target.exists = target.exists.saturating_add(count);
+        if source.id == target.id {
+            source = target.clone();
+        }
+        self.put_mailbox(address, to, &target)?;
+        self.touch(address, to);
+        if remove_source {
+            for (uid, rec) in &found {
+                self.messages.remove((source.id, *uid))?;
+                self.release_body(rec.body)?;
+            }
+            source.exists = source.exists.saturating_sub(count);
+            source.highest_modseq += 1;
+            self.put_mailbox(address, from, &source)?;
+            self.touch(address, from);
+        }
+        Ok(OpResult::Copied(CopyOutcome::Done {
+            uidvalidity: target.uidvalidity,
+            pairs,
+        }))
+    }
+
+    fn create_folder(&mut self, address: &str, folder: &str) -> Result<OpResult, StoreError> {
+        if self.users.get(address)?.is_none() {
+            return Ok(OpResult::Folder(FolderOutcome::NoSuchUser));
+        }
+        if tables::get_mailbox(&self.mailboxes, address, folder)?.is_some() {
+            return Ok(OpResult::Folder(FolderOutcome::AlreadyExists));
+        }
+        let mailbox = self.new_mailbox(false)?;
+        self.put_mailbox(address, folder, &mailbox)?;
+        self.touch(address, folder);
+        Ok(OpResult::Folder(FolderOutcome::Done))
+    }
+
+    fn delete_folder(&mut self, address: &str, folder: &str) -> Result<OpResult, StoreError> {
+        let Some(mailbox) = tables::get_mailbox(&self.mailboxes, address, folder)? else {
+            return Ok(OpResult::Folder(FolderOutcome::NoSuchFolder));
+        };
+        self.remove_messages(mailbox.id)?;
+        self.mailboxes.remove((address, folder))?;
+        self.touch(address, folder);
+        Ok(OpResult::Folder(FolderOutcome::Done))
+    }
+
+    fn remove_messages(&mut self, mailbox: u64) -> Result<(), StoreError> {
+        let mut messages = Vec::new();
+        for entry in self.messages.range((mailbox, 0)..=(mailbox, u32::MAX))? {
+            let (key, rec) = entry?;
+            let rec: MessageRec = decode("message", rec.value())?;
+            messages.push((key.value().1, rec.body));
+        }
+        for (uid, body) in messages {
+            self.messages.remove((mailbox, uid))?;
+            self.release_body(body)?;
+        }
+        Ok(())
+    }
+
+    /// Renames `from` and the folders below it (`from/...`). INBOX is special (RFC 3501
+    /// §6.3.5): its messages move to the new folder and an empty INBOX takes its place.
+    fn rename_folder(
+        &mut self,
+        address: &str,
+        from: &str,
+        to: &str,
+    ) -> Result<OpResult, StoreError> {
+        let Some(mailbox) = tables::get_mailbox(&self.mailboxes, address, from)? else {
+            return Ok(OpResult::Folder(FolderOutcome::NoSuchFolder));
+        };
+        if tables::get_mailbox(&self.mailboxes, address, to)?.is_some() {
+            return Ok(OpResult::Folder(FolderOutcome::AlreadyExists));
+        }
+        let mut moves = vec![(from.to_owned(), to.to_owned(), mailbox)];
+        if from != super::INBOX {
+            let prefix = format!("{from}/");
+            for (name, rec) in tables::folders_of(&self.mailboxes, address)? {
+                if let Some(rest) = name.strip_prefix(&prefix) {
+                    let new = format!("{to}/{rest}");
+                    if tables::get_mailbox(&self.mailboxes, address, &new)?.is_some() {
+                        return Ok(OpResult::Folder(FolderOutcome::AlreadyExists));
+                    }
+                    moves.push((name, new, rec));
+                }
+            }
+        }
+        for (old, new, rec) in moves {
+            self.mailboxes.remove((address, old.as_str()))?;
+            self.put_mailbox(address, &new, &rec)?;
+            self.touch(address, &old);
+            self.touch(address, &new);
+        }
+        if from == super::INBOX {
+            let inbox = self.new_mailbox(true)?;
+            self.put_mailbox(address, super::INBOX, &inbox)?;
+        }
+        Ok(OpResult::Folder(FolderOutcome::Done))
+    }
+
+    fn subscribe(
+        &mut self,
+        address: &str,
+        folder: &str,
+        subscribed: bool,
+    ) -> Result<OpResult, StoreError> {
+        let Some(mut mailbox) = tables::get_mailbox(&self.mailboxes, address, folder)? else {
+            return Ok(OpResult::Subscribed(false));
+        };
+        mailbox.subscribed = subscribed;
+        self.put_mailbox(address, folder, &mailbox)?;
+        Ok(OpResult::Subscribed(true))
+    }
+}
+
+/// The flags after applying `change` with `flags` to `old` (no duplicates, order kept).
+fn changed_flags(old: &[String], change: FlagChange, flags: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = match change {
+        FlagChange::Replace => Vec::new(),
+        FlagChange::Add | FlagChange::Remove => old.to_vec(),
+    };
+    match change {
+        FlagChange::Replace | FlagChange::Add => {
+            for f in flags {
+                if !out.iter().any(|o| o.eq_ignore_ascii_case(f)) {
+                    out.push(f.clone());
+                }
+            }
+        }
+        FlagChange::Remove => out.retain(|o| !flags.iter().any(|f| f.eq_ignore_ascii_case(o))),
+    }
+    out
+}
+
+fn same_flags(a: &[String], b: &[String]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .all(|x| b.iter().any(|y| y.eq_ignore_ascii_case(x)))
 }

@@ -113,6 +113,10 @@ pub struct MailboxInfo {
     pub uidnext: u32,
     /// Number of messages in the folder.
     pub exists: u32,
+    /// The highest modification sequence of the folder (RFC 7162): grows with every change.
+    pub highest_modseq: u64,
+    /// IMAP subscription (LSUB).
+    pub subscribed: bool,
 }
 
 /// One message of a folder, without its body.
@@ -125,7 +129,64 @@ pub struct MessageMeta {
     pub flags: Vec<String>,
     /// Identifies the stored body; messages with equal `body_id` share the same bytes.
     pub body_id: u64,
+    /// The folder's modification sequence of the message's last change.
+    pub modseq: u64,
 }
+
+/// How [`Op::SetFlags`] changes a message's flags (IMAP STORE FLAGS, +FLAGS, -FLAGS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlagChange {
+    Replace,
+    Add,
+    Remove,
+}
+
+/// A message's flags after [`Op::SetFlags`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlagUpdate {
+    pub uid: u32,
+    pub flags: Vec<String>,
+    pub modseq: u64,
+    /// Whether the op changed them.
+    pub changed: bool,
+    /// Left alone because the message changed after `unchanged_since` (RFC 7162
+    /// UNCHANGEDSINCE).
+    pub refused: bool,
+}
+
+/// The outcome of [`Op::CopyMessages`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CopyOutcome {
+    /// `pairs`: (source uid, new uid in the target) for each message copied, in the order
+    /// asked (UIDPLUS COPYUID); uids that did not exist are left out.
+    Done {
+        uidvalidity: u32,
+        pairs: Vec<(u32, u32)>,
+    },
+    /// The source or the target folder does not exist.
+    NoSuchFolder,
+}
+
+/// The outcome of the folder ops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FolderOutcome {
+    Done,
+    NoSuchUser,
+    NoSuchFolder,
+    AlreadyExists,
+}
+
+/// Sent after a commit for each folder it changed (new, changed or removed messages, the
+/// folder created, deleted or renamed), so that IMAP sessions on it learn of it at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailboxChange {
+    pub address: String,
+    pub folder: String,
+}
+
+/// How many changes a slow listener may fall behind before it is told it lagged (it then
+/// re-reads its folder).
+const CHANGE_BACKLOG: usize = 1024;
 
 /// Identifies a mail received over s2s: the authenticated sending domain and the sender's mail id.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -235,6 +296,50 @@ pub enum Op {
         recipients: Vec<String>,
         at: i64,
     },
+    /// Change the flags of the folder's messages with these uids (missing uids are skipped).
+    /// Every message changed gets the folder's next modification sequence. With
+    /// `unchanged_since`, a message whose modification sequence is higher is left alone
+    /// (and reported `refused`).
+    SetFlags {
+        address: String,
+        folder: String,
+        uids: Vec<u32>,
+        change: FlagChange,
+        flags: Vec<String>,
+        unchanged_since: Option<u64>,
+    },
+    /// Remove the folder's messages with these uids (bodies go with their last reference).
+    Expunge {
+        address: String,
+        folder: String,
+        uids: Vec<u32>,
+    },
+    /// Copy messages (sharing their bodies) to the end of another folder of the same user,
+    /// with new uids there; with `remove_source` they leave `from` in the same transaction
+    /// (IMAP MOVE).
+    CopyMessages {
+        address: String,
+        from: String,
+        to: String,
+        uids: Vec<u32>,
+        remove_source: bool,
+    },
+    /// A new empty folder with a new UIDVALIDITY, unsubscribed.
+    CreateFolder { address: String, folder: String },
+    /// Remove a folder with its messages (not the folders below it).
+    DeleteFolder { address: String, folder: String },
+    /// Rename a folder and the folders below it (`from/...`), keeping UIDVALIDITY and UIDs.
+    /// Renaming INBOX moves its messages into the new folder and leaves an empty INBOX.
+    RenameFolder {
+        address: String,
+        from: String,
+        to: String,
+    },
+    Subscribe {
+        address: String,
+        folder: String,
+        subscribed: bool,
+    },
 }
 
 /// The outcome of one [`Op`], in the same position.
@@ -260,6 +365,15 @@ pub enum OpResult {
     Pruned(u64),
     /// Number of dedupe records written.
     Recorded(u64),
+    /// One entry per message found, in the order asked.
+    FlagsSet(Vec<FlagUpdate>),
+    /// The uids removed.
+    Expunged(Vec<u32>),
+    Copied(CopyOutcome),
+    /// Of CreateFolder, DeleteFolder, RenameFolder.
+    Folder(FolderOutcome),
+    /// `false`: no such folder.
+    Subscribed(bool),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -297,6 +411,7 @@ struct Shared {
     db: RwLock<Option<Database>>,
     reopen: Reopen,
     commits: AtomicU64,
+    changes: tokio::sync::broadcast::Sender<MailboxChange>,
 }
 
 impl Store {
@@ -340,6 +455,7 @@ impl Store {
             db: RwLock::new(Some(db)),
             reopen,
             commits: AtomicU64::new(0),
+            changes: tokio::sync::broadcast::channel(CHANGE_BACKLOG).0,
         });
         let (tx, rx) = mpsc::channel();
         let thread_shared = shared.clone();
@@ -476,6 +592,28 @@ impl Store {
         }
     }
 
+    /// Change notifications: one [`MailboxChange`] per folder a commit changed, sent after
+    /// the commit (a reader that then opens a snapshot sees the change).
+    pub fn changes(&self) -> tokio::sync::broadcast::Receiver<MailboxChange> {
+        self.inner.shared.changes.subscribe()
+    }
+
+    /// Applies one op and returns its result.
+    pub async fn apply_op(&self, op: Op) -> Result<OpResult, StoreError> {
+        self.apply_one(op).await
+    }
+
+    /// The user's folders with their state, sorted by name.
+    pub fn folder_infos(&self, address: &str) -> Result<Vec<(String, MailboxInfo)>, StoreError> {
+        self.read(|txn| {
+            let mailboxes = txn.open_table(tables::MAILBOXES)?;
+            Ok(tables::folders_of(&mailboxes, address)?
+                .into_iter()
+                .map(|(folder, mb)| (folder, mb.info()))
+                .collect())
+        })
+    }
+
     /// Number of write transactions the writer has committed since open (for metrics and tests).
     pub fn commits(&self) -> u64 {
         self.inner.shared.commits.load(Ordering::Relaxed)
@@ -530,13 +668,7 @@ impl Store {
     pub fn mailbox(&self, address: &str, folder: &str) -> Result<Option<MailboxInfo>, StoreError> {
         self.read(|txn| {
             let mailboxes = txn.open_table(tables::MAILBOXES)?;
-            Ok(
-                tables::get_mailbox(&mailboxes, address, folder)?.map(|mb| MailboxInfo {
-                    uidvalidity: mb.uidvalidity,
-                    uidnext: mb.uidnext,
-                    exists: mb.exists,
-                }),
-            )
+            Ok(tables::get_mailbox(&mailboxes, address, folder)?.map(|mb| mb.info()))
         })
     }
 
@@ -569,6 +701,7 @@ impl Store {
                     internal_date: rec.internal_date,
                     flags: rec.flags,
                     body_id: rec.body,
+                    modseq: rec.modseq,
                 });
             }
             Ok(out)

@@ -130,6 +130,30 @@ pub(super) struct MailboxRec {
     pub uidvalidity: u32,
     pub uidnext: u32,
     pub exists: u32,
+    /// The highest modification sequence given to a change in the folder (RFC 7162); records
+    /// written before it existed read as 0.
+    #[serde(default)]
+    pub highest_modseq: u64,
+    /// IMAP subscription; the default folders (and records written before it existed) are
+    /// subscribed.
+    #[serde(default = "subscribed_default")]
+    pub subscribed: bool,
+}
+
+fn subscribed_default() -> bool {
+    true
+}
+
+impl MailboxRec {
+    pub fn info(&self) -> super::MailboxInfo {
+        super::MailboxInfo {
+            uidvalidity: self.uidvalidity,
+            uidnext: self.uidnext,
+            exists: self.exists,
+            highest_modseq: self.highest_modseq,
+            subscribed: self.subscribed,
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -138,6 +162,10 @@ pub(super) struct MessageRec {
     pub internal_date: i64,
     pub flags: Vec<String>,
     pub body: u64,
+    /// The folder's modification sequence of the last change to this message (0 for records
+    /// written before it existed).
+    #[serde(default)]
+    pub modseq: u64,
 }
 
 /// A queue item without its id (the key).

@@ -637,3 +637,362 @@ async fn io_failure_fails_the_batch_and_the_writer_recovers() {
     assert_eq!(uid(&outcome[0]), 2);
     check_consistency(&store).unwrap();
 }
+
+// IMAP ops: flags, expunge, copy/move, folders, subscriptions, change notifications.
+
+fn flags_op(uids: &[u32], change: FlagChange, flags: &[&str]) -> Op {
+    Op::SetFlags {
+        address: "u@x".into(),
+        folder: INBOX.into(),
+        uids: uids.to_vec(),
+        change,
+        flags: flags.iter().map(|f| f.to_string()).collect(),
+        unchanged_since: None,
+    }
+}
+
+async fn three_messages(store: &Store) -> Vec<u32> {
+    with_users(store, &["u@x"]).await;
+    let mut uids = Vec::new();
+    for body in ["one", "two", "three"] {
+        let out = store.deliver(delivery(&["u@x"], body)).await.unwrap();
+        uids.push(uid(&out[0]));
+    }
+    uids
+}
+
+#[tokio::test]
+async fn flags_are_set_added_removed_with_modseq() {
+    let store = memory_store();
+    let uids = three_messages(&store).await;
+    let before = store.mailbox("u@x", INBOX).unwrap().unwrap().highest_modseq;
+    let r = store
+        .apply_op(flags_op(
+            &[uids[0], 999],
+            FlagChange::Add,
+            &["\\Seen", "\\Flagged"],
+        ))
+        .await
+        .unwrap();
+    let OpResult::FlagsSet(updates) = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(updates.len(), 1, "missing uid 999 is skipped");
+    assert!(updates[0].changed);
+    assert_eq!(updates[0].flags, vec!["\\Seen", "\\Flagged"]);
+    let after = store.mailbox("u@x", INBOX).unwrap().unwrap().highest_modseq;
+    assert_eq!(after, before + 1);
+    assert_eq!(updates[0].modseq, after);
+
+    // Adding what is there changes nothing and does not bump the modseq.
+    let r = store
+        .apply_op(flags_op(&[uids[0]], FlagChange::Add, &["\\seen"]))
+        .await
+        .unwrap();
+    assert!(
+        matches!(&r, OpResult::FlagsSet(u) if !u[0].changed),
+        "{r:?}"
+    );
+    assert_eq!(
+        store.mailbox("u@x", INBOX).unwrap().unwrap().highest_modseq,
+        after
+    );
+
+    store
+        .apply_op(flags_op(&[uids[0]], FlagChange::Remove, &["\\SEEN"]))
+        .await
+        .unwrap();
+    store
+        .apply_op(flags_op(&[uids[1]], FlagChange::Replace, &["$Junk"]))
+        .await
+        .unwrap();
+    let msgs = store.messages("u@x", INBOX).unwrap();
+    assert_eq!(msgs[0].flags, vec!["\\Flagged"]);
+    assert_eq!(msgs[1].flags, vec!["$Junk"]);
+    assert!(msgs[2].flags.is_empty());
+    assert!(msgs[1].modseq > msgs[0].modseq - 1 && msgs[1].modseq > msgs[2].modseq);
+    check_consistency(&store).unwrap();
+}
+
+#[tokio::test]
+async fn expunge_copy_move_share_bodies() {
+    let store = memory_store();
+    let uids = three_messages(&store).await;
+    let trash = store.mailbox("u@x", "Trash").unwrap().unwrap();
+    let r = store
+        .apply_op(Op::CopyMessages {
+            address: "u@x".into(),
+            from: INBOX.into(),
+            to: "Trash".into(),
+            uids: vec![uids[2], uids[0], 77],
+            remove_source: false,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        r,
+        OpResult::Copied(CopyOutcome::Done {
+            uidvalidity: trash.uidvalidity,
+            pairs: vec![(uids[2], 1), (uids[0], 2)],
+        })
+    );
+    // Copies share the bodies: still three.
+    assert_eq!(body_count(&store), 3);
+    assert_eq!(
+        store.message_body("u@x", "Trash", 1).unwrap().unwrap(),
+        b"three"
+    );
+
+    // Expunging the originals keeps the copies' bodies.
+    let r = store
+        .apply_op(Op::Expunge {
+            address: "u@x".into(),
+            folder: INBOX.into(),
+            uids: vec![uids[0], uids[2], 55],
+        })
+        .await
+        .unwrap();
+    assert_eq!(r, OpResult::Expunged(vec![uids[0], uids[2]]));
+    assert_eq!(store.mailbox("u@x", INBOX).unwrap().unwrap().exists, 1);
+    assert_eq!(body_count(&store), 3);
+    check_consistency(&store).unwrap();
+
+    // Move: gone from the source, new uid in the target, same body.
+    let r = store
+        .apply_op(Op::CopyMessages {
+            address: "u@x".into(),
+            from: INBOX.into(),
+            to: "Trash".into(),
+            uids: vec![uids[1]],
+            remove_source: true,
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(&r, OpResult::Copied(CopyOutcome::Done { pairs, .. }) if pairs == &vec![(uids[1], 3)]),
+        "{r:?}"
+    );
+    assert!(store.messages("u@x", INBOX).unwrap().is_empty());
+    assert_eq!(
+        store.message_body("u@x", "Trash", 3).unwrap().unwrap(),
+        b"two"
+    );
+    check_consistency(&store).unwrap();
+
+    // Expunging the last references frees the bodies.
+    store
+        .apply_op(Op::Expunge {
+            address: "u@x".into(),
+            folder: "Trash".into(),
+            uids: vec![1, 2, 3],
+        })
+        .await
+        .unwrap();
+    assert_eq!(body_count(&store), 0);
+    let r = store
+        .apply_op(Op::CopyMessages {
+            address: "u@x".into(),
+            from: INBOX.into(),
+            to: "Nope".into(),
+            uids: vec![1],
+            remove_source: false,
+        })
+        .await
+        .unwrap();
+    assert_eq!(r, OpResult::Copied(CopyOutcome::NoSuchFolder));
+    check_consistency(&store).unwrap();
+}
+
+#[tokio::test]
+async fn folders_create_delete_rename_subscribe() {
+    let store = memory_store();
+    let uids = three_messages(&store).await;
+    let folder = |op: &str, a: &str, b: &str| match op {
+        "create" => Op::CreateFolder {
+            address: "u@x".into(),
+            folder: a.into(),
+        },
+        "delete" => Op::DeleteFolder {
+            address: "u@x".into(),
+            folder: a.into(),
+        },
+        _ => Op::RenameFolder {
+            address: "u@x".into(),
+            from: a.into(),
+            to: b.into(),
+        },
+    };
+    let done = OpResult::Folder(FolderOutcome::Done);
+    assert_eq!(
+        store.apply_op(folder("create", "Work", "")).await.unwrap(),
+        done
+    );
+    assert_eq!(
+        store.apply_op(folder("create", "Work", "")).await.unwrap(),
+        OpResult::Folder(FolderOutcome::AlreadyExists)
+    );
+    assert_eq!(
+        store
+            .apply_op(folder("create", "Work/a", ""))
+            .await
+            .unwrap(),
+        done
+    );
+    let work = store.mailbox("u@x", "Work").unwrap().unwrap();
+    assert!(!work.subscribed);
+    assert!(store.mailbox("u@x", INBOX).unwrap().unwrap().subscribed);
+
+    // Rename keeps UIDVALIDITY and takes the folders below along.
+    assert_eq!(
+        store
+            .apply_op(folder("rename", "Work", "Job"))
+            .await
+            .unwrap(),
+        done
+    );
+    assert_eq!(
+        store.mailbox("u@x", "Job").unwrap().unwrap().uidvalidity,
+        work.uidvalidity
+    );
+    assert!(store.mailbox("u@x", "Job/a").unwrap().is_some());
+    assert!(store.mailbox("u@x", "Work").unwrap().is_none());
+    assert_eq!(
+        store.apply_op(folder("rename", "Nope", "X")).await.unwrap(),
+        OpResult::Folder(FolderOutcome::NoSuchFolder)
+    );
+
+    // Delete and create again: a new UIDVALIDITY.
+    assert_eq!(
+        store.apply_op(folder("delete", "Job", "")).await.unwrap(),
+        done
+    );
+    assert_eq!(
+        store.apply_op(folder("create", "Job", "")).await.unwrap(),
+        done
+    );
+    let again = store.mailbox("u@x", "Job").unwrap().unwrap();
+    assert_ne!(again.uidvalidity, work.uidvalidity);
+
+    // Renaming INBOX moves its messages and leaves an empty INBOX with a new UIDVALIDITY.
+    let inbox = store.mailbox("u@x", INBOX).unwrap().unwrap();
+    assert_eq!(
+        store
+            .apply_op(folder("rename", INBOX, "Old"))
+            .await
+            .unwrap(),
+        done
+    );
+    let old = store.messages("u@x", "Old").unwrap();
+    assert_eq!(old.iter().map(|m| m.uid).collect::<Vec<_>>(), uids);
+    let new_inbox = store.mailbox("u@x", INBOX).unwrap().unwrap();
+    assert_eq!(new_inbox.exists, 0);
+    assert_ne!(new_inbox.uidvalidity, inbox.uidvalidity);
+
+    // Deleting a folder with messages frees their bodies.
+    assert_eq!(
+        store.apply_op(folder("delete", "Old", "")).await.unwrap(),
+        done
+    );
+    assert_eq!(body_count(&store), 0);
+
+    let sub = |f: &str, on: bool| Op::Subscribe {
+        address: "u@x".into(),
+        folder: f.into(),
+        subscribed: on,
+    };
+    assert_eq!(
+        store.apply_op(sub("Job", true)).await.unwrap(),
+        OpResult::Subscribed(true)
+    );
+    assert!(store.mailbox("u@x", "Job").unwrap().unwrap().subscribed);
+    assert_eq!(
+        store.apply_op(sub("None", true)).await.unwrap(),
+        OpResult::Subscribed(false)
+    );
+    let names: Vec<String> = store
+        .folder_infos("u@x")
+        .unwrap()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(
+        names,
+        ["Drafts", "INBOX", "Job", "Job/a", "Junk", "Sent", "Trash"]
+    );
+    check_consistency(&store).unwrap();
+}
+
+#[tokio::test]
+async fn changes_are_announced_after_commit() {
+    let store = memory_store();
+    with_users(&store, &["u@x", "v@x"]).await;
+    let mut changes = store.changes();
+    store
+        .deliver(delivery(&["u@x", "v@x"], "hello"))
+        .await
+        .unwrap();
+    let mut got = [changes.recv().await.unwrap(), changes.recv().await.unwrap()];
+    got.sort_by(|a, b| a.address.cmp(&b.address));
+    assert_eq!(got[0].address, "u@x");
+    assert_eq!(got[0].folder, INBOX);
+    assert_eq!(got[1].address, "v@x");
+    // The snapshot a listener opens on the notification has the change.
+    assert_eq!(store.messages("u@x", INBOX).unwrap().len(), 1);
+
+    store
+        .apply_op(flags_op(&[1], FlagChange::Add, &["\\Seen"]))
+        .await
+        .unwrap();
+    let c = changes.recv().await.unwrap();
+    assert_eq!((c.address.as_str(), c.folder.as_str()), ("u@x", INBOX));
+    // A no-op change announces nothing; the next real one is the next message.
+    store
+        .apply_op(flags_op(&[1], FlagChange::Add, &["\\Seen"]))
+        .await
+        .unwrap();
+    store
+        .apply_op(Op::Expunge {
+            address: "v@x".into(),
+            folder: INBOX.into(),
+            uids: vec![1],
+        })
+        .await
+        .unwrap();
+    let c = changes.recv().await.unwrap();
+    assert_eq!(c.address, "v@x");
+    assert!(changes.try_recv().is_err());
+}
+
+#[tokio::test]
+async fn unchanged_since_refuses_messages_changed_later() {
+    let store = memory_store();
+    let uids = three_messages(&store).await;
+    store
+        .apply_op(flags_op(&[uids[1]], FlagChange::Add, &["\\Seen"]))
+        .await
+        .unwrap();
+    let msgs = store.messages("u@x", INBOX).unwrap();
+    let since = msgs[0].modseq;
+    assert!(msgs[1].modseq > since);
+    let op = Op::SetFlags {
+        address: "u@x".into(),
+        folder: INBOX.into(),
+        uids: uids.clone(),
+        change: FlagChange::Add,
+        flags: vec!["\\Flagged".into()],
+        unchanged_since: Some(msgs[2].modseq),
+    };
+    let OpResult::FlagsSet(updates) = store.apply_op(op).await.unwrap() else {
+        panic!()
+    };
+    let refused: Vec<u32> = updates
+        .iter()
+        .filter(|u| u.refused)
+        .map(|u| u.uid)
+        .collect();
+    assert_eq!(refused, vec![uids[1]]);
+    let msgs = store.messages("u@x", INBOX).unwrap();
+    assert_eq!(msgs[0].flags, vec!["\\Flagged"]);
+    assert_eq!(msgs[1].flags, vec!["\\Seen"]);
+    assert_eq!(msgs[2].flags, vec!["\\Flagged"]);
+}

@@ -145,7 +145,7 @@ impl Shared {
 
         let mut txn = db.begin_write().map_err(|e| Failure::Batch(e.into()))?;
         tables::configure(&mut txn).map_err(Failure::Batch)?;
-        let results = {
+        let (results, touched) = {
             let mut tables = Tables::open(&txn).map_err(Failure::Batch)?;
             let mut results = Vec::with_capacity(batch.len());
             for (index, ops) in batch.iter().enumerate() {
@@ -156,10 +156,14 @@ impl Shared {
                     Err(e) => return Err(Failure::Batch(e)),
                 }
             }
-            results
+            (results, std::mem::take(&mut tables.touched))
         };
         crate::metrics::time_store_flush(|| txn.commit()).map_err(|e| Failure::Batch(e.into()))?;
         self.commits.fetch_add(1, Ordering::Relaxed);
+        for (address, folder) in touched {
+            // No listener is not an error.
+            let _ = self.changes.send(super::MailboxChange { address, folder });
+        }
         Ok(results)
     }
 

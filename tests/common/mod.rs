@@ -7,6 +7,7 @@
 pub mod c2s;
 pub mod dovecot;
 pub mod ejabberd;
+pub mod imap;
 pub mod ops;
 pub mod postfix;
 pub mod prosody;
