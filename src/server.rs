@@ -109,6 +109,11 @@ async fn serve_inner(cfg: Config, reload: Option<Reload>) -> Result<(), ServeErr
     let secret = dialback_secret(&store)
         .await
         .map_err(|e| ServeError::Store(path.display().to_string(), e))?;
+    if cfg.gateway.srs {
+        crate::srs::ensure_key(&store, &cfg.gateway.srs_secret)
+            .await
+            .map_err(|e| ServeError::Store(path.display().to_string(), e))?;
+    }
     let (tx, rx) = mpsc::channel(1024);
     let s2s = S2s::new(cfg.clone(), secret, tx).map_err(|e| ServeError::S2s(e.to_string()))?;
     let delivery = Delivery::new(cfg.clone(), store.clone(), s2s.clone());
