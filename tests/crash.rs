@@ -194,10 +194,7 @@ fn disk_full_defers_and_recovers() {
         match smtp(&t, 300_000, &mut attempted) {
             250 => acked.push(t),
             code => {
-                assert!(
-                    code == 451 || code == 452,
-                    "a full disk is a temporary failure, got {code}"
-                );
+                assert_eq!(code, 452, "a full disk is 452 4.3.1 (RFC 3463)");
                 eprintln!("disk full: SMTP message {i} of 300 kB refused with {code}");
                 refused = Some(t);
                 break;
