@@ -362,7 +362,7 @@ impl Relay {
                 conns2.fetch_add(1, Ordering::SeqCst);
                 let plan = (i < cuts).then(|| {
                     let at = rng.range(budget.0, budget.1);
-                    let how = if rng.next_u64() % 2 == 0 {
+                    let how = if rng.next_u64().is_multiple_of(2) {
                         Cut::Fin
                     } else {
                         Cut::Rst
