@@ -71,6 +71,7 @@ print('READ', before, flush=True)
 sys.stdin.readline()
 typ, data = M.status('INBOX', '(MESSAGES UIDNEXT)')
 print('AFTER', data[0].decode(), flush=True)
+M.untagged_responses.clear()
 typ, data = M.noop()
 assert 'EXISTS' not in M.untagged_responses, M.untagged_responses
 M.logout()
