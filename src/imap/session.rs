@@ -1248,12 +1248,7 @@ impl Session {
     async fn claim_recent(&mut self, out: &mut Vec<u8>) {
         let user = self.user().to_owned();
         let Some(sel) = &self.selected else { return };
-        if sel.read_only
-            || !sel
-                .msgs
-                .last()
-                .is_some_and(|m| m.meta.uid >= sel.claimed_to)
-        {
+        if sel.read_only || sel.msgs.last().is_none_or(|m| m.meta.uid < sel.claimed_to) {
             return;
         }
         let op = Op::ClaimRecent {
