@@ -1685,6 +1685,14 @@ pub struct ImapConfig {
     pub max_login_failures: u32,
     #[serde(default = "default_imap_login_window")]
     pub login_failure_window_secs: u64,
+    /// Deepest nesting of SEARCH keys (parentheses, OR, NOT; a plain key is 1) before BAD.
+    /// imap-codec's parser stops at 9 whatever this says, so larger values act as 9.
+    #[serde(default = "default_imap_search_depth")]
+    pub max_search_depth: usize,
+}
+
+fn default_imap_search_depth() -> usize {
+    9
 }
 
 fn default_imap_max_connections() -> usize {
@@ -1717,6 +1725,7 @@ impl Default for ImapConfig {
             idle_timeout_secs: default_imap_idle(),
             max_login_failures: default_imap_login_failures(),
             login_failure_window_secs: default_imap_login_window(),
+            max_search_depth: default_imap_search_depth(),
         }
     }
 }

@@ -47,6 +47,8 @@ pub enum ServeError {
     Imap(String),
     #[error("admin socket {0}: {1}")]
     Admin(String, String),
+    #[error("cannot watch signals: {0}")]
+    Signal(String),
 }
 
 /// The dialback secret: generated on first start and kept, so keys survive restarts.
@@ -99,6 +101,15 @@ pub async fn serve_with(
 }
 
 async fn serve_inner(cfg: Config, reload: Option<Reload>) -> Result<(), ServeError> {
+    // Watch the signals before anything is bound: a SIGTERM/SIGINT/SIGHUP that arrives
+    // while starting (e.g. `systemctl stop` right after start) is then handled (a graceful
+    // stop once started; SIGHUP a reload) rather than killing the process by the default
+    // action.
+    use tokio::signal::unix::{SignalKind, signal};
+    let watch = |kind: SignalKind| signal(kind).map_err(|e| ServeError::Signal(e.to_string()));
+    let mut term = watch(SignalKind::terminate())?;
+    let mut int = watch(SignalKind::interrupt())?;
+    let mut hup = watch(SignalKind::hangup())?;
     let cfg = Arc::new(cfg);
     let dir = &cfg.server.data_dir;
     std::fs::create_dir_all(dir)
@@ -251,26 +262,12 @@ async fn serve_inner(cfg: Config, reload: Option<Reload>) -> Result<(), ServeErr
         "xmta ready"
     );
 
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            error!(error = %e, "cannot watch SIGTERM");
-            return Ok(());
-        }
-    };
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let mut running_cfg = (*cfg).clone();
     loop {
-        let hangup = async {
-            match hup.as_mut() {
-                Some(h) => h.recv().await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM: shutting down"); break; }
-            _ = tokio::signal::ctrl_c() => { info!("SIGINT: shutting down"); break; }
-            _ = hangup => reload_config(reload.as_ref(), &mut running_cfg),
+            _ = int.recv() => { info!("SIGINT: shutting down"); break; }
+            _ = hup.recv() => reload_config(reload.as_ref(), &mut running_cfg),
         }
     }
     shutdown(&core, acceptors, &smtp_slots).await;

@@ -111,6 +111,10 @@ while True:
         break
 M.send(b'DONE\r\n')
 line = M.readline()
+# This session is the first told of the message: RECENT follows EXISTS.
+while line.startswith(b'* '):
+    assert line.endswith(b'RECENT\r\n'), line
+    line = M.readline()
 assert line.startswith(tag + b' OK'), line
 M.logout()
 "#;

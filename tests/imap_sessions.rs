@@ -38,7 +38,8 @@ fn two_sessions_see_each_others_changes() {
 
     // A flag change.
     let r = a.cmd("a2", "STORE 1 +FLAGS (\\Flagged)");
-    assert!(has(&r, "* 1 FETCH (FLAGS (\\Flagged))"), "{r:?}");
+    // A selected first: the messages are \Recent in its session only.
+    assert!(has(&r, "* 1 FETCH (FLAGS (\\Flagged \\Recent))"), "{r:?}");
     let r = b.cmd("b2", "NOOP");
     assert!(has(&r, "* 1 FETCH (FLAGS (\\Flagged) UID 1)"), "{r:?}");
     // Not reported twice, nor back to the session that made it.
@@ -74,6 +75,8 @@ fn two_sessions_see_each_others_changes() {
     );
     let line = b.read_line();
     assert_eq!(line, "* 3 EXISTS\r\n");
+    // B is the first session told of it: it is recent there.
+    assert_eq!(b.read_line(), "* 1 RECENT\r\n");
     a.cmd("a7", "STORE 1 +FLAGS.SILENT (\\Deleted)");
     assert_eq!(
         b.read_line(),
@@ -285,13 +288,13 @@ fn condstore() {
     );
     let r = a.cmd("c4", "NOOP");
     assert!(
-        has(&r, "* 2 FETCH (FLAGS (\\Flagged) UID 2 MODSEQ ("),
+        has(&r, "* 2 FETCH (FLAGS (\\Flagged \\Recent) UID 2 MODSEQ ("),
         "{r:?}"
     );
     let r = a.cmd("c5", &format!("FETCH 1:3 (FLAGS) (CHANGEDSINCE {hms})"));
     assert_eq!(r.len(), 2, "{r:?}");
     assert!(
-        r[0].starts_with("* 2 FETCH (FLAGS (\\Flagged) MODSEQ ("),
+        r[0].starts_with("* 2 FETCH (FLAGS (\\Flagged \\Recent) MODSEQ ("),
         "{r:?}"
     );
     let r = a.cmd("c6", &format!("UID SEARCH MODSEQ {}", hms + 1));
@@ -306,11 +309,14 @@ fn condstore() {
     );
     assert!(last(&r).starts_with("c8 OK [MODIFIED 2]"), "{r:?}");
     assert!(
-        has(&r, "* 1 FETCH (FLAGS (\\Seen) MODSEQ (") && !has(&r, "* 2 FETCH"),
+        has(&r, "* 1 FETCH (FLAGS (\\Seen \\Recent) MODSEQ (") && !has(&r, "* 2 FETCH"),
         "{r:?}"
     );
     let r = a.cmd("c9", "FETCH 2 (FLAGS)");
-    assert!(has(&r, "FLAGS (\\Flagged)") && !has(&r, "\\Seen"), "{r:?}");
+    assert!(
+        has(&r, "FLAGS (\\Flagged \\Recent)") && !has(&r, "\\Seen"),
+        "{r:?}"
+    );
 }
 
 fn uidvalidity(lines: &[String]) -> String {
@@ -414,8 +420,9 @@ fn folders_copy_and_mime_fetch() {
         "{all}"
     );
     // PEEK left \Seen alone; BODY[] without it sets it.
-    assert!(has(&c.cmd("m4", "FETCH 2 (FLAGS)"), "FLAGS ()"));
+    // (Recent: the APPEND came after this session's last SELECT.)
+    assert!(has(&c.cmd("m4", "FETCH 2 (FLAGS)"), "FLAGS (\\Recent)"));
     let r = c.cmd("m5", "FETCH 2 (BODY[TEXT]<0.4>)");
     assert!(r.concat().contains("BODY[TEXT]<0> {4}\r\n--zz"), "{r:?}");
-    assert!(has(&r, "FLAGS (\\Seen)"), "{r:?}");
+    assert!(has(&r, "FLAGS (\\Seen \\Recent)"), "{r:?}");
 }

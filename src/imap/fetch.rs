@@ -10,8 +10,17 @@ use mail_parser::{Address, Message, MessageParser, MessagePart, MimeHeaders, Par
 
 use crate::store::MessageMeta;
 
-/// Appends an IMAP string: quoted when it is short printable ASCII, a literal otherwise.
+/// Appends an IMAP string: quoted when it is short printable ASCII (with `"` and `\`
+/// escaped), a literal otherwise (CR, LF, 8-bit). NUL can be in neither (RFC 3501 CHAR8 is
+/// %x01-ff), so it is dropped: these strings are header-derived values, not message bytes.
 pub fn string(out: &mut Vec<u8>, s: &[u8]) {
+    let owned: Vec<u8>;
+    let s = if s.contains(&0) {
+        owned = s.iter().copied().filter(|&b| b != 0).collect();
+        &owned[..]
+    } else {
+        s
+    };
     let quotable = s.len() < 1024 && s.iter().all(|&b| (0x20..0x7f).contains(&b) || b == b'\t');
     if quotable {
         out.push(b'"');
@@ -27,9 +36,19 @@ pub fn string(out: &mut Vec<u8>, s: &[u8]) {
     }
 }
 
+/// Appends an IMAP4rev1 literal. Its octets are CHAR8 (%x01-ff, RFC 3501 §4.3), so a NUL in
+/// the stored message is sent as 0x80, as Dovecot does: the length (RFC822.SIZE, partial
+/// ranges) stays the same and the client still gets valid IMAP. The stored bytes are not
+/// changed.
 pub fn literal(out: &mut Vec<u8>, s: &[u8]) {
     out.extend_from_slice(format!("{{{}}}\r\n", s.len()).as_bytes());
+    let start = out.len();
     out.extend_from_slice(s);
+    for b in &mut out[start..] {
+        if *b == 0 {
+            *b = 0x80;
+        }
+    }
 }
 
 fn nstring(out: &mut Vec<u8>, s: Option<&[u8]>) {
@@ -704,6 +723,10 @@ mod tests {
     const MIXED: &[u8] = b"From: A <a@x.test>\r\nTo: b@y.test\r\nSubject: hi\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b1\"\r\n\r\npre\r\n--b1\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nhello\r\n--b1\r\nContent-Type: message/rfc822\r\n\r\nSubject: inner\r\nFrom: c@z.test\r\n\r\ninner body\r\n--b1--\r\n";
 
     fn fetch(name: MessageDataItemName<'_>, raw: &[u8]) -> String {
+        String::from_utf8(fetch_bytes(name, raw)).unwrap()
+    }
+
+    fn fetch_bytes(name: MessageDataItemName<'_>, raw: &[u8]) -> Vec<u8> {
         let meta = MessageMeta {
             uid: 1,
             size: raw.len() as u64,
@@ -715,7 +738,7 @@ mod tests {
         let mut out = Vec::new();
         let mut f = Some(Fetched::new(raw));
         item(&mut out, &name, &meta, &[], &mut f).unwrap();
-        String::from_utf8(out).unwrap()
+        out
     }
 
     fn section(s: &str) -> MessageDataItemName<'static> {
@@ -809,5 +832,90 @@ mod tests {
             fetch(section("BODY"), simple),
             "BODY (\"TEXT\" \"PLAIN\" (\"CHARSET\" \"US-ASCII\") NIL NIL \"7BIT\" 14 2)"
         );
+    }
+
+    /// Parses `line` back with imap-codec's response decoder: what xmta sends must be IMAP.
+    fn parses(line: &[u8]) {
+        use imap_codec::ResponseCodec;
+        use imap_codec::decode::Decoder;
+        match ResponseCodec::default().decode(line) {
+            Ok((rest, _)) => assert!(
+                rest.is_empty(),
+                "left over: {:?}",
+                String::from_utf8_lossy(rest)
+            ),
+            Err(e) => panic!("{e:?}: {}", String::from_utf8_lossy(line)),
+        }
+    }
+
+    fn fetch_line(raw: &[u8]) -> Vec<u8> {
+        let mut line = b"* 1 FETCH (UID 1 ".to_vec();
+        for (i, s) in [
+            "ENVELOPE",
+            "BODYSTRUCTURE",
+            "BODY",
+            "BODY.PEEK[HEADER.FIELDS (SUBJECT \"X-Odd\")]",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            if i > 0 {
+                line.push(b' ');
+            }
+            line.extend_from_slice(&fetch_bytes(section(s), raw));
+        }
+        line.extend_from_slice(b")\r\n");
+        line
+    }
+
+    #[test]
+    fn literals_never_carry_nul() {
+        let mut out = Vec::new();
+        literal(&mut out, b"a\0b\0");
+        assert_eq!(out, b"{4}\r\na\x80b\x80");
+    }
+
+    #[test]
+    fn tricky_responses_parse_back_with_imap_codec() {
+        let cases: Vec<&[u8]> = vec![
+            MIXED,
+            // Quotes, backslashes and a tab in strings; a group; an empty field.
+            b"From: \"Quote \\\"Q\\\" Name\" <q@x.test>\r\nTo: undisclosed-recipients:;\r\nCc: Team: a@x.test, \"B \\\\ C\" <b@x.test>;\r\nSubject: He said \"hi\" \\ back\\slash\tend\r\nIn-Reply-To: \r\nMessage-ID: <\"odd\"@x.test>\r\nDate: Tue, 1 Dec 2026 10:00:00 +0000\r\n\r\nbody\r\n",
+            // 8-bit header values and a NUL.
+            "From: Jürgen Müller <j@x.test>\r\nSubject: Grüße \u{0} aus Köln\r\nContent-Type: text/plain; charset=\"utf-8\"; name=\"f\\\"ile\"\r\n\r\nbody\r\n".as_bytes(),
+            // CR or LF inside a parameter value (a literal then), no header at all.
+            b"Content-Type: text/plain; x=\"a\rb\"\r\n\r\nx",
+            b"",
+            b"no header, no blank line",
+            // Nested multiparts, an encapsulated multipart message, dispositions with
+            // quoted filenames, language and location.
+            b"From: a@x.test\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"o\"\r\n\r\n--o\r\nContent-Type: multipart/alternative; boundary=\"i\"\r\n\r\n--i\r\nContent-Type: text/plain\r\nContent-Language: de, en\r\n\r\nplain\r\n--i\r\nContent-Type: text/html; charset=\"iso-8859-1\"\r\nContent-Location: http://x.test/\"q\"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n<b>=E4</b>\r\n--i--\r\n--o\r\nContent-Type: message/rfc822\r\nContent-Disposition: attachment; filename=\"a \\\"b\\\".eml\"\r\n\r\nFrom: \"In\\\\ner\" <i@y.test>\r\nSubject: inner \"quoted\"\r\nContent-Type: multipart/mixed; boundary=\"z\"\r\n\r\n--z\r\nContent-Type: application/octet-stream\r\nContent-ID: <id\"1@x>\r\nContent-Description: desc \\ ription\r\n\r\nAAAA\r\n--z--\r\n--o\r\nContent-Type: multipart/mixed; boundary=\"e\"\r\n\r\n--e--\r\n--o--\r\n",
+        ];
+        for raw in cases {
+            parses(&fetch_line(raw));
+        }
+    }
+
+    #[test]
+    fn strings_become_literals_where_they_must() {
+        let mut out = Vec::new();
+        string(&mut out, b"a\"b\\c");
+        assert_eq!(out, b"\"a\\\"b\\\\c\"");
+        for (input, want) in [
+            (&b"a\r\nb"[..], &b"{4}\r\na\r\nb"[..]),
+            (&b"\xc3\xbc"[..], &b"{2}\r\n\xc3\xbc"[..]),
+            (&b"a\0b"[..], &b"\"ab\""[..]),
+            (&b""[..], &b"\"\""[..]),
+        ] {
+            let mut out = Vec::new();
+            string(&mut out, input);
+            assert_eq!(out, want, "{:?}", String::from_utf8_lossy(input));
+            let mut line = b"* LIST () \"/\" ".to_vec();
+            line.extend_from_slice(&out);
+            line.extend_from_slice(b"\r\n");
+            if !input.is_empty() {
+                parses(&line);
+            }
+        }
     }
 }

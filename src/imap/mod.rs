@@ -4,6 +4,7 @@
 //!
 //! Commands are answered with hand-written response lines (FETCH data in fetch.rs); the
 //! grammar of the replies is small and fixed, while parsing is where the hard cases are.
+//! Unit tests in fetch.rs parse those replies back with imap-codec's response decoder.
 //!
 //! Commands are parsed by imap-codec: its `Fragmentizer` splits the byte stream into lines and
 //! literals (so literal sizes are checked before a byte of them is accepted) and its codecs
@@ -18,12 +19,15 @@
 //! be refused without reading it, so the connection is closed with `BYE`), message size for
 //! APPEND (`[delivery] max_message_bytes`), idle time (`BYE` autologout), connections (`BYE` at
 //! connect) and failed logins per client address (`NO [UNAVAILABLE]`). SEARCH nesting is
-//! bounded by imap-codec's own recursion limit (a deeper key does not parse: `BAD`).
+//! bounded by `max_search_depth` (`BAD`), within imap-codec's own fixed recursion limit of 9
+//! (a deeper key does not parse: `BAD` too). Mailbox names are modified UTF-7 on the wire and
+//! UTF-8 in the store (utf7.rs); \Recent is handed out through a store op (`ClaimRecent`).
 
 mod auth;
 mod fetch;
 mod search;
 mod session;
+mod utf7;
 
 use std::sync::Arc;
 use std::time::Duration;

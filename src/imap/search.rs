@@ -46,6 +46,8 @@ pub struct Candidate<'a> {
     pub seq: u32,
     pub meta: &'a MessageMeta,
     pub flags: &'a [String],
+    /// \Recent in this session.
+    pub recent: bool,
     /// Loads the message bytes (at most once per message).
     pub load: &'a mut dyn FnMut() -> Option<Vec<u8>>,
     pub body: Option<Option<Vec<u8>>>,
@@ -154,9 +156,9 @@ pub fn matches(key: &SearchKey<'_>, c: &mut Candidate<'_>, ctx: &Context) -> boo
         SearchKey::Unseen => !c.has("\\Seen"),
         SearchKey::Keyword(k) => c.has(k.as_ref()),
         SearchKey::Unkeyword(k) => !c.has(k.as_ref()),
-        // xmta does not keep \Recent (RFC 9051 dropped it): no message is recent.
-        SearchKey::Recent | SearchKey::New => false,
-        SearchKey::Old => true,
+        SearchKey::Recent => c.recent,
+        SearchKey::New => c.recent && !c.has("\\Seen"),
+        SearchKey::Old => !c.recent,
         SearchKey::Larger(n) => c.meta.size > u64::from(*n),
         SearchKey::Smaller(n) => c.meta.size < u64::from(*n),
         SearchKey::Before(d) => day().is_some_and(|x| x < *d.as_ref()),
@@ -183,6 +185,17 @@ pub fn matches(key: &SearchKey<'_>, c: &mut Candidate<'_>, ctx: &Context) -> boo
             in_header || c.body_contains(needle)
         }
         SearchKey::ModSequence { modseq, .. } => c.meta.modseq.max(1) >= *modseq,
+    }
+}
+
+/// How deeply `key` nests: 1 for a plain key, one more for each parenthesized list, OR
+/// and NOT around it (`[imap] max_search_depth`).
+pub fn depth(key: &SearchKey<'_>) -> usize {
+    match key {
+        SearchKey::And(keys) => 1 + keys.as_ref().iter().map(depth).max().unwrap_or(0),
+        SearchKey::Or(a, b) => 1 + depth(a).max(depth(b)),
+        SearchKey::Not(k) => 1 + depth(k),
+        _ => 1,
     }
 }
 

@@ -31,7 +31,7 @@ use tracing::{debug, info, warn};
 
 use super::fetch::{self, Fetched, flag_list, string};
 use super::search::{self, Candidate, Context};
-use super::{Conn, ConnEnd, Imap, auth};
+use super::{Conn, ConnEnd, Imap, auth, utf7};
 use crate::store::{
     CopyOutcome, FlagChange, FolderOutcome, INBOX, LocalDelivery, MailboxChange, MessageMeta, Op,
     OpResult, RcptOutcome, StoreError,
@@ -122,12 +122,24 @@ struct Selected {
     msgs: Vec<Msg>,
     /// A change was announced that the snapshot does not have yet.
     stale: bool,
+    /// The uid ranges `[from, to)` this session claimed as \Recent (RFC 3501 §2.3.2).
+    claimed: Vec<(u32, u32)>,
+    /// Messages from this uid on were not claimed by this session yet.
+    claimed_to: u32,
+}
+
+impl Selected {
+    fn claimed(&self, uid: u32) -> bool {
+        self.claimed.iter().any(|&(a, b)| a <= uid && uid < b)
+    }
 }
 
 struct Msg {
     meta: MessageMeta,
     /// Expunged by another session; still numbered until an EXPUNGE may be sent.
     expunged: bool,
+    /// \Recent in this session.
+    recent: bool,
 }
 
 type Reply = Result<String, ConnEnd>;
@@ -138,18 +150,35 @@ fn now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-fn mailbox_name(m: &Mailbox<'_>) -> String {
+/// The store's (UTF-8) name of a client's (modified UTF-7) mailbox name; `Err` is the reply.
+fn mailbox_name(m: &Mailbox<'_>) -> Result<String, String> {
     match m {
-        Mailbox::Inbox => INBOX.to_owned(),
+        Mailbox::Inbox => Ok(INBOX.to_owned()),
         Mailbox::Other(o) => {
-            let name = String::from_utf8_lossy(o.as_ref()).into_owned();
+            let name = utf7::decode(o.as_ref()).map_err(|e| format!("BAD {e}"))?;
             let name = name.trim_end_matches(DELIMITER).to_owned();
             if name.eq_ignore_ascii_case(INBOX) {
-                INBOX.to_owned()
+                Ok(INBOX.to_owned())
             } else {
-                name
+                Ok(name)
             }
         }
+    }
+}
+
+/// A folder name as clients see it: modified UTF-7, as an IMAP string.
+fn write_name(out: &mut Vec<u8>, name: &str) {
+    string(out, utf7::encode(name).as_bytes());
+}
+
+/// The flags of a message as a FETCH list, \Recent included when it is recent here.
+fn shown_flags(flags: &[String], recent: bool) -> String {
+    if recent {
+        let mut f = flags.to_vec();
+        f.push("\\Recent".into());
+        flag_list(&f)
+    } else {
+        flag_list(flags)
     }
 }
 
@@ -337,7 +366,7 @@ impl Session {
                             format!(
                                 "* {} FETCH (FLAGS {} UID {}{})\r\n",
                                 i + 1,
-                                flag_list(&m.meta.flags),
+                                shown_flags(&m.meta.flags, m.recent),
                                 m.meta.uid,
                                 modseq_item(condstore, m.meta.modseq)
                             )
@@ -362,9 +391,11 @@ impl Session {
         let before = sel.msgs.len();
         for f in fresh {
             if f.uid > max_uid {
+                let recent = sel.claimed(f.uid);
                 sel.msgs.push(Msg {
                     meta: f,
                     expunged: false,
+                    recent,
                 });
             }
         }
@@ -448,11 +479,11 @@ impl Session {
             CommandBody::Select {
                 mailbox,
                 parameters,
-            } => self.select(&mut out, &mailbox, false, &parameters),
+            } => self.select(&mut out, &mailbox, false, &parameters).await,
             CommandBody::Examine {
                 mailbox,
                 parameters,
-            } => self.select(&mut out, &mailbox, true, &parameters),
+            } => self.select(&mut out, &mailbox, true, &parameters).await,
             CommandBody::Create { mailbox } => self.create(&mailbox).await,
             CommandBody::Delete { mailbox } => self.delete(&mailbox).await,
             CommandBody::Rename { from, to } => self.rename(&from, &to).await,
@@ -530,7 +561,10 @@ impl Session {
                     let c: &str = c.as_ref();
                     c.eq_ignore_ascii_case("UTF-8") || c.eq_ignore_ascii_case("US-ASCII")
                 });
-                if ok_charset {
+                let depth = criteria.as_ref().iter().map(search::depth).max();
+                if depth.unwrap_or(0) > self.cfg().max_search_depth {
+                    "BAD search keys nested too deeply".into()
+                } else if ok_charset {
                     let key = SearchKey::And(criteria);
                     self.search(&mut out, &key, uid)
                 } else {
@@ -629,6 +663,7 @@ impl Session {
         if let Err(e) = self.sync(&mut out, allow_expunge) {
             warn!(error = %e, "imap: folder sync failed");
         }
+        self.claim_recent(&mut out).await;
         out.extend_from_slice(format!("{tag} {reply}\r\n").as_bytes());
         conn.write(&out).await?;
         Ok(Flow::Continue)
@@ -674,7 +709,7 @@ impl Session {
         "OK logged in".into()
     }
 
-    fn select(
+    async fn select(
         &mut self,
         out: &mut Vec<u8>,
         mailbox: &Mailbox<'_>,
@@ -697,9 +732,27 @@ impl Session {
         // Notifications from before the snapshot below are about older states; any later one
         // marks it stale.
         self.note_changes();
-        let folder = mailbox_name(mailbox);
-        let store = &self.imap.core.store;
+        let folder = match mailbox_name(mailbox) {
+            Ok(f) => f,
+            Err(e) => return e,
+        };
+        let store = self.imap.core.store.clone();
         let user = self.user().to_owned();
+        // The messages that arrived since the last session selected the folder are recent in
+        // this one (claimed before the snapshot, so none falls between the two).
+        let claim = if read_only {
+            None
+        } else {
+            let op = Op::ClaimRecent {
+                address: user.clone(),
+                folder: folder.clone(),
+            };
+            match store.apply_op(op).await {
+                Ok(OpResult::RecentClaimed(Some(r))) => Some(r),
+                Ok(_) => return "NO [NONEXISTENT] no such folder".into(),
+                Err(e) => return store_error(&e),
+            }
+        };
         let (info, msgs) = match store
             .mailbox(&user, &folder)
             .and_then(|i| Ok((i, store.messages(&user, &folder)?)))
@@ -720,7 +773,13 @@ impl Session {
                     .as_bytes(),
             );
         }
-        out.extend_from_slice(format!("* {} EXISTS\r\n* 0 RECENT\r\n", msgs.len()).as_bytes());
+        // EXAMINE changes nothing: the messages no session claimed yet show as recent.
+        let (from, to) = claim.unwrap_or((info.first_recent, u32::MAX));
+        let recent = |uid: u32| from <= uid && uid < to;
+        let n_recent = msgs.iter().filter(|m| recent(m.uid)).count();
+        out.extend_from_slice(
+            format!("* {} EXISTS\r\n* {n_recent} RECENT\r\n", msgs.len()).as_bytes(),
+        );
         if let Some(i) = first_unseen {
             out.extend_from_slice(format!("* OK [UNSEEN {}] first unseen\r\n", i + 1).as_bytes());
         }
@@ -741,11 +800,14 @@ impl Session {
             msgs: msgs
                 .into_iter()
                 .map(|meta| Msg {
+                    recent: recent(meta.uid),
                     meta,
                     expunged: false,
                 })
                 .collect(),
             stale: false,
+            claimed: claim.into_iter().filter(|(a, b)| a < b).collect(),
+            claimed_to: claim.map_or(u32::MAX, |c| c.1),
         });
         if read_only {
             "OK [READ-ONLY] EXAMINE completed".into()
@@ -763,7 +825,10 @@ impl Session {
     }
 
     async fn create(&mut self, mailbox: &Mailbox<'_>) -> String {
-        let folder = mailbox_name(mailbox);
+        let folder = match mailbox_name(mailbox) {
+            Ok(f) => f,
+            Err(e) => return e,
+        };
         if folder == INBOX || folder.is_empty() {
             return "NO [ALREADYEXISTS] INBOX exists".into();
         }
@@ -795,7 +860,10 @@ impl Session {
     }
 
     async fn delete(&mut self, mailbox: &Mailbox<'_>) -> String {
-        let folder = mailbox_name(mailbox);
+        let folder = match mailbox_name(mailbox) {
+            Ok(f) => f,
+            Err(e) => return e,
+        };
         if folder == INBOX {
             return "NO [CANNOT] INBOX cannot be deleted".into();
         }
@@ -814,7 +882,10 @@ impl Session {
     }
 
     async fn rename(&mut self, from: &Mailbox<'_>, to: &Mailbox<'_>) -> String {
-        let (from, to) = (mailbox_name(from), mailbox_name(to));
+        let (from, to) = match (mailbox_name(from), mailbox_name(to)) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(e), _) | (_, Err(e)) => return e,
+        };
         if to == INBOX {
             return "NO [CANNOT] cannot rename to INBOX".into();
         }
@@ -832,9 +903,13 @@ impl Session {
     }
 
     async fn subscribe(&mut self, mailbox: &Mailbox<'_>, on: bool) -> String {
+        let folder = match mailbox_name(mailbox) {
+            Ok(f) => f,
+            Err(e) => return e,
+        };
         let op = Op::Subscribe {
             address: self.user().to_owned(),
-            folder: mailbox_name(mailbox),
+            folder,
             subscribed: on,
         };
         match self.imap.core.store.apply_op(op).await {
@@ -854,12 +929,16 @@ impl Session {
     ) -> String {
         let verb = if lsub { "LSUB" } else { "LIST" };
         let pattern = match pattern {
-            ListMailbox::Token(t) => String::from_utf8_lossy(t.as_ref()).into_owned(),
-            ListMailbox::String(s) => String::from_utf8_lossy(s.as_ref()).into_owned(),
+            ListMailbox::Token(t) => utf7::decode(t.as_ref()),
+            ListMailbox::String(s) => utf7::decode(s.as_ref()),
         };
         let reference = match reference {
-            Mailbox::Inbox => INBOX.to_owned(),
-            Mailbox::Other(o) => String::from_utf8_lossy(o.as_ref()).into_owned(),
+            Mailbox::Inbox => Ok(INBOX.to_owned()),
+            Mailbox::Other(o) => utf7::decode(o.as_ref()),
+        };
+        let (pattern, reference) = match (pattern, reference) {
+            (Ok(p), Ok(r)) => (p, r),
+            (Err(e), _) | (_, Err(e)) => return format!("BAD {e}"),
         };
         if pattern.is_empty() && !lsub {
             out.extend_from_slice(b"* LIST (\\Noselect) \"/\" \"\"\r\n");
@@ -888,7 +967,7 @@ impl Session {
                 attrs.push(u);
             }
             out.extend_from_slice(format!("* {verb} ({}) \"/\" ", attrs.join(" ")).as_bytes());
-            string(out, name.as_bytes());
+            write_name(out, name);
             out.extend_from_slice(b"\r\n");
         }
         format!("OK {verb} completed")
@@ -900,7 +979,10 @@ impl Session {
         mailbox: &Mailbox<'_>,
         items: &[StatusDataItemName],
     ) -> String {
-        let folder = mailbox_name(mailbox);
+        let folder = match mailbox_name(mailbox) {
+            Ok(f) => f,
+            Err(e) => return e,
+        };
         let store = &self.imap.core.store;
         let user = self.user().to_owned();
         let info = match store.mailbox(&user, &folder) {
@@ -908,9 +990,14 @@ impl Session {
             Ok(None) => return "NO [NONEXISTENT] no such folder".into(),
             Err(e) => return store_error(&e),
         };
-        let needs_msgs = items
-            .iter()
-            .any(|i| matches!(i, StatusDataItemName::Unseen | StatusDataItemName::Deleted));
+        let needs_msgs = items.iter().any(|i| {
+            matches!(
+                i,
+                StatusDataItemName::Unseen
+                    | StatusDataItemName::Deleted
+                    | StatusDataItemName::Recent
+            )
+        });
         let msgs = if needs_msgs {
             match store.messages(&user, &folder) {
                 Ok(m) => m,
@@ -928,7 +1015,10 @@ impl Session {
         for item in items {
             match item {
                 StatusDataItemName::Messages => parts.push(format!("MESSAGES {}", info.exists)),
-                StatusDataItemName::Recent => parts.push("RECENT 0".into()),
+                StatusDataItemName::Recent => {
+                    let n = msgs.iter().filter(|m| m.uid >= info.first_recent).count();
+                    parts.push(format!("RECENT {n}"));
+                }
                 StatusDataItemName::UidNext => parts.push(format!("UIDNEXT {}", info.uidnext)),
                 StatusDataItemName::UidValidity => {
                     parts.push(format!("UIDVALIDITY {}", info.uidvalidity));
@@ -947,7 +1037,7 @@ impl Session {
             }
         }
         out.extend_from_slice(b"* STATUS ");
-        string(out, folder.as_bytes());
+        write_name(out, &folder);
         out.extend_from_slice(format!(" ({})\r\n", parts.join(" ")).as_bytes());
         "OK STATUS completed".into()
     }
@@ -959,7 +1049,10 @@ impl Session {
         date: Option<i64>,
         data: &[u8],
     ) -> String {
-        let folder = mailbox_name(mailbox);
+        let folder = match mailbox_name(mailbox) {
+            Ok(f) => f,
+            Err(e) => return e,
+        };
         let max = self.imap.core.cfg.delivery.max_message_bytes;
         if data.len() > max {
             return format!("NO [TOOBIG] message larger than {max} octets");
@@ -1038,6 +1131,7 @@ impl Session {
                 seq: i as u32 + 1,
                 meta: &m.meta,
                 flags: &m.meta.flags,
+                recent: m.recent,
                 load: &mut load,
                 body: None,
             };
@@ -1103,6 +1197,9 @@ impl Session {
                 flags.push("\\Seen".into());
                 seen_uids.push(m.meta.uid);
             }
+            if m.recent {
+                flags.push("\\Recent".into());
+            }
             let mut body = raw.as_deref().map(Fetched::new);
             out.extend_from_slice(format!("* {} FETCH (", i + 1).as_bytes());
             let mut wrote_flags = false;
@@ -1144,6 +1241,47 @@ impl Session {
         } else {
             "OK FETCH completed".into()
         })
+    }
+
+    /// In a folder selected read-write, claims the messages no session has seen as \Recent
+    /// yet (a store op, so two sessions never both get one) and reports the new count.
+    async fn claim_recent(&mut self, out: &mut Vec<u8>) {
+        let user = self.user().to_owned();
+        let Some(sel) = &self.selected else { return };
+        if sel.read_only || sel.msgs.last().is_none_or(|m| m.meta.uid < sel.claimed_to) {
+            return;
+        }
+        let op = Op::ClaimRecent {
+            address: user,
+            folder: sel.folder.clone(),
+        };
+        let range = match self.imap.core.store.apply_op(op).await {
+            Ok(OpResult::RecentClaimed(Some(r))) => r,
+            Ok(_) => return,
+            Err(e) => {
+                store_error(&e);
+                return;
+            }
+        };
+        let Some(sel) = &mut self.selected else {
+            return;
+        };
+        sel.claimed_to = sel.claimed_to.max(range.1);
+        if range.0 >= range.1 {
+            return;
+        }
+        sel.claimed.push(range);
+        let mut changed = false;
+        for m in &mut sel.msgs {
+            if !m.recent && range.0 <= m.meta.uid && m.meta.uid < range.1 {
+                m.recent = true;
+                changed = true;
+            }
+        }
+        if changed {
+            let n = sel.msgs.iter().filter(|m| m.recent && !m.expunged).count();
+            out.extend_from_slice(format!("* {n} RECENT\r\n").as_bytes());
+        }
     }
 
     /// Takes this session's own flag changes into the snapshot (so they are not reported
@@ -1218,6 +1356,7 @@ impl Session {
             let Ok(i) = sel.msgs.binary_search_by_key(&u.uid, |m| m.meta.uid) else {
                 continue;
             };
+            let recent = sel.msgs[i].recent;
             if u.refused {
                 refused.push(if uid { u.uid } else { i as u32 + 1 });
                 continue;
@@ -1235,7 +1374,7 @@ impl Session {
             let flags_part = if silent {
                 String::new()
             } else {
-                format!("FLAGS {}", flag_list(&u.flags))
+                format!("FLAGS {}", shown_flags(&u.flags, recent))
             };
             let modseq = modseq_item(condstore, u.modseq);
             let items = format!("{flags_part}{uid_part}{modseq}");
@@ -1269,6 +1408,10 @@ impl Session {
             Ok(i) => i,
             Err(e) => return e,
         };
+        let to = match mailbox_name(mailbox) {
+            Ok(f) => f,
+            Err(e) => return e,
+        };
         let Some(sel) = &mut self.selected else {
             return "BAD no folder selected".into();
         };
@@ -1280,7 +1423,7 @@ impl Session {
         let op = Op::CopyMessages {
             address: self.user.clone().unwrap_or_default(),
             from: sel.folder.clone(),
-            to: mailbox_name(mailbox),
+            to,
             uids,
             remove_source: remove,
         };
@@ -1405,6 +1548,7 @@ impl Session {
                     if let Err(e) = self.sync(&mut out, true) {
                         warn!(error = %e, "imap: folder sync failed");
                     }
+                    self.claim_recent(&mut out).await;
                     if !out.is_empty() {
                         conn.write(&out).await?;
                     }

@@ -61,11 +61,30 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
     Ok(certs)
 }
 
+/// The trust anchors for peer certificates: the system's store (Debian:
+/// /etc/ssl/certs, via rustls-native-certs, so the administrator's `update-ca-certificates`
+/// counts), or Mozilla's bundled roots (webpki-roots) when the system has none readable.
+/// `[s2s] ca` is added on top by the caller.
+fn system_roots() -> RootCertStore {
+    let mut roots = RootCertStore::empty();
+    let found = rustls_native_certs::load_native_certs();
+    for e in &found.errors {
+        tracing::debug!(error = %e, "reading the system's CA certificates");
+    }
+    let (added, _ignored) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        tracing::warn!(
+            "no system CA certificates found; trusting the bundled Mozilla roots (webpki-roots)"
+        );
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    }
+    roots
+}
+
 impl TlsContext {
     pub fn new(config: &Config) -> Result<TlsContext, TlsError> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut roots = RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        let mut roots = system_roots();
         if let Some(ca) = &config.s2s.ca {
             for cert in load_certs(ca)? {
                 roots.add(cert).map_err(|e| file_err(ca, e))?;

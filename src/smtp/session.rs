@@ -853,6 +853,11 @@ impl Session {
                     crate::delivery::submit::SubmitError::TooLarge(..) => {
                         reply(552, "5.3.4", &e.to_string())
                     }
+                    // RFC 3463 4.3.1: the store's disk is full (ENOSPC; the store error
+                    // carries only the I/O error's text). Still temporary: space may return.
+                    crate::delivery::submit::SubmitError::Store(s) if s.contains("os error 28") => {
+                        reply(452, "4.3.1", "insufficient system storage, try again later")
+                    }
                     _ => reply(451, "4.3.0", "temporary local error, try again later"),
                 }))
             }

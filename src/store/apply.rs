@@ -118,6 +118,7 @@ impl<'txn> Tables<'txn> {
                     folder,
                     subscribed,
                 } => self.subscribe(address, folder, *subscribed)?,
+                Op::ClaimRecent { address, folder } => self.claim_recent(address, folder)?,
             };
             results.push(result);
         }
@@ -423,6 +424,7 @@ impl Tables<'_> {
             exists: 0,
             highest_modseq: 0,
             subscribed,
+            first_recent: 0,
         })
     }
 
@@ -685,6 +687,21 @@ impl Tables<'_> {
         mailbox.subscribed = subscribed;
         self.put_mailbox(address, folder, &mailbox)?;
         Ok(OpResult::Subscribed(true))
+    }
+
+    /// Hands the messages that arrived since the last claim to the caller (IMAP \Recent):
+    /// the uids from the old first-recent uid up to UIDNEXT; the next claim starts there.
+    fn claim_recent(&mut self, address: &str, folder: &str) -> Result<OpResult, StoreError> {
+        let Some(mut mailbox) = tables::get_mailbox(&self.mailboxes, address, folder)? else {
+            return Ok(OpResult::RecentClaimed(None));
+        };
+        let from = mailbox.first_recent;
+        let to = mailbox.uidnext;
+        if from < to {
+            mailbox.first_recent = to;
+            self.put_mailbox(address, folder, &mailbox)?;
+        }
+        Ok(OpResult::RecentClaimed(Some((from, to))))
     }
 }
 

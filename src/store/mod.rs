@@ -117,6 +117,8 @@ pub struct MailboxInfo {
     pub highest_modseq: u64,
     /// IMAP subscription (LSUB).
     pub subscribed: bool,
+    /// IMAP \Recent: the messages from this uid on are recent (no session claimed them yet).
+    pub first_recent: u32,
 }
 
 /// One message of a folder, without its body.
@@ -340,6 +342,10 @@ pub enum Op {
         folder: String,
         subscribed: bool,
     },
+    /// IMAP \Recent (RFC 3501 §2.3.2): the first session to select a folder read-write after
+    /// messages arrived gets them as recent. Returns the uid range `[from, to)` claimed (`to`
+    /// being UIDNEXT) and moves the folder's first recent uid to `to`.
+    ClaimRecent { address: String, folder: String },
 }
 
 /// The outcome of one [`Op`], in the same position.
@@ -374,6 +380,8 @@ pub enum OpResult {
     Folder(FolderOutcome),
     /// `false`: no such folder.
     Subscribed(bool),
+    /// The uid range `[from, to)` claimed as recent; `None`: no such folder.
+    RecentClaimed(Option<(u32, u32)>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -138,6 +138,10 @@ pub(super) struct MailboxRec {
     /// subscribed.
     #[serde(default = "subscribed_default")]
     pub subscribed: bool,
+    /// IMAP \Recent: messages with this uid or higher have not been claimed by a session
+    /// yet (see `Op::ClaimRecent`); records written before it existed read as 0 (all recent).
+    #[serde(default)]
+    pub first_recent: u32,
 }
 
 fn subscribed_default() -> bool {
@@ -152,6 +156,7 @@ impl MailboxRec {
             exists: self.exists,
             highest_modseq: self.highest_modseq,
             subscribed: self.subscribed,
+            first_recent: self.first_recent,
         }
     }
 }

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod c2s;
+pub mod crash;
 pub mod dovecot;
 pub mod ejabberd;
 pub mod imap;
