@@ -1092,9 +1092,29 @@ impl Delivery {
         now: i64,
     ) -> Vec<Op> {
         let origin = origin_domain(&self.cfg, item);
+        let Ok(mut sender) = MailAddress::parse(&item.sender) else {
+            return Vec::new();
+        };
+        // Relayed mail went out with an SRS0 sender of ours: the DSN goes to the original
+        // sender it stands for (a forged or expired one cannot occur here, we made it; if
+        // the key changed, the bounce is dropped with a log line rather than looping).
+        if self.cfg.is_local_domain(sender.domain()) {
+            match crate::srs::reverse_rcpt(&self.cfg, &self.store, &sender) {
+                Some(Ok(orig)) => match MailAddress::parse(&orig) {
+                    Ok(o) => sender = o,
+                    Err(_) => return Vec::new(),
+                },
+                Some(Err(e)) => {
+                    warn!(id = %item.id, sender = %item.sender, error = %e, "cannot reverse the SRS sender of a failed mail; no DSN");
+                    return Vec::new();
+                }
+                None => {}
+            }
+        }
+        let original_sender = sender.to_string();
         let dsn = dsn::build_dsn(&DsnRequest {
             reporting_domain: &origin,
-            original_sender: &item.sender,
+            original_sender: &original_sender,
             original_mail_id: &item.id,
             arrival_date: item.created,
             failed,
@@ -1102,9 +1122,6 @@ impl Delivery {
             original_message: body,
             now,
         });
-        let Ok(sender) = MailAddress::parse(&item.sender) else {
-            return Vec::new();
-        };
         if self.cfg.is_local_domain(sender.domain()) && !super::local::is_external(&self.cfg) {
             vec![Op::Deliver(LocalDelivery {
                 dedupe: None,
@@ -1122,7 +1139,7 @@ impl Delivery {
                 recipients: vec![if self.cfg.is_local_domain(sender.domain()) {
                     sender.canonical()
                 } else {
-                    item.sender.clone()
+                    original_sender
                 }],
                 created: now,
                 next_attempt: now,

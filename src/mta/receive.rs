@@ -650,7 +650,7 @@ fn deliver(core: Arc<Core>, origin: &Origin, mail_id: String, env: Envelope, dat
                     .filter(|(_, o)| matches!(o, LocalOutcome::Stored))
                     .count(),
             );
-            info!(%from_domain, %mail_id, size = data.len(), recipients = n, "mail stored");
+            info!(%from_domain, %mail_id, sender = %env.mail_from, size = data.len(), recipients = n, "mail stored");
         }
         if !forwards.is_empty() {
             receipts.extend(
