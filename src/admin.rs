@@ -44,6 +44,8 @@ pub enum Request {
         uid: u32,
     },
     QueueList,
+    /// Makes every queued item due now (the running server only).
+    QueueFlush,
     /// Is a server there? Answers with its version and pid.
     Ping,
     /// The SHA-256 digests of the messages in a folder (`xmta import` skips those).
@@ -236,6 +238,10 @@ pub async fn execute(
                 Err(e) => Response::err(e),
             }
         }
+        Request::QueueFlush => match delivery {
+            Some(d) => Response::ok(vec![format!("{} queued item(s) made due now", d.flush())]),
+            None => Response::err("the queue can only be flushed while the server runs"),
+        },
         Request::Ping => Response::ok(vec![format!(
             "xmta {} pid {}",
             env!("CARGO_PKG_VERSION"),

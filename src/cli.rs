@@ -166,6 +166,9 @@ pub enum MailboxCmd {
 pub enum QueueCmd {
     /// One line per queued recipient.
     List,
+    /// Retry every queued item now instead of at its next scheduled attempt (the server
+    /// must be running), e.g. after a peer that was down is back.
+    Flush,
 }
 
 /// Runs the command; the error is printed by main with a non-zero exit.
@@ -338,6 +341,9 @@ fn request_for(cmd: Command) -> Result<Request, String> {
         Command::Queue {
             cmd: QueueCmd::List,
         } => Request::QueueList,
+        Command::Queue {
+            cmd: QueueCmd::Flush,
+        } => Request::QueueFlush,
     })
 }
 

@@ -149,3 +149,35 @@ fn a_bad_config_names_file_key_and_reason_and_nothing_starts() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/xmta.toml"));
 }
+
+#[test]
+fn queue_flush_retries_deferred_mail_now() {
+    let (mut a, mut b) = pair("127.0.2.110", "127.0.2.111", "", "");
+    // A backoff of an hour: without the flush the mail would wait that long.
+    let cfg = std::fs::read_to_string(&a.config).unwrap();
+    let cfg = cfg
+        .replace("retry_initial_secs = 1", "retry_initial_secs = 3600")
+        .replace("retry_max_secs = 2", "retry_max_secs = 7200");
+    std::fs::write(&a.config, cfg).unwrap();
+    let out = a.cmd(&["queue", "flush"], b"");
+    assert!(!out.status.success(), "flush needs the running server");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("while the server runs"));
+    a.start();
+    a.add_user("alice@a.test");
+    // b.test is down: the first attempt fails and the item waits for its next try.
+    let m = message("alice@a.test", "bob@b.test", "flushed", "hi");
+    a.send("alice@a.test", &["bob@b.test"], &m);
+    a.wait_for("a failed first attempt", 30, || {
+        a.queue()
+            .iter()
+            .any(|l| l.contains("pending (") && !l.contains("not tried yet"))
+    });
+    b.start();
+    b.add_user("bob@b.test");
+    let out = String::from_utf8(a.ok(&["queue", "flush"], b"")).unwrap();
+    assert!(out.contains("1 queued item(s) made due now"), "{out}");
+    b.wait_for("the flushed mail", 20, || {
+        !b.mailbox("bob@b.test").is_empty()
+    });
+    a.wait_for("the queue to empty", 20, || a.queue().is_empty());
+}

@@ -164,6 +164,27 @@ impl Delivery {
         }
     }
 
+    /// Makes every scheduled item due now (`xmta queue flush`, like Postfix's
+    /// `postqueue -f`): after a peer comes back, its mail need not wait out the backoff.
+    /// Only the in-memory schedule changes; an item keeps its stored next attempt (used
+    /// after a restart) until this attempt records a new one. Returns how many were due
+    /// later and are now due.
+    pub fn flush(&self) -> usize {
+        let now = crate::now();
+        let moved = {
+            let mut sched = lock(&self.schedule);
+            let later: Vec<(i64, String)> =
+                sched.iter().filter(|(at, _)| *at > now).cloned().collect();
+            for e in &later {
+                sched.remove(e);
+                sched.insert((now, e.1.clone()));
+            }
+            later.len()
+        };
+        self.wake.notify_one();
+        moved
+    }
+
     /// Puts an item (already durable in the store) on the schedule.
     pub fn schedule(&self, id: &str, at: i64) {
         lock(&self.schedule).insert((at, id.to_string()));
