@@ -292,6 +292,10 @@ pub struct SmtpConfig {
     /// mail over XMPP: "refuse" (550 5.7.1), "tag" (X-Xmta-Downgrade header) or "off".
     #[serde(default = "default_downgrade")]
     pub downgrade: DowngradePolicy,
+    /// How long a domain stays known to send its mail over XMPP after it was last seen
+    /// doing so (remembered in the store across restarts); 0 keeps it for ever.
+    #[serde(default = "default_downgrade_memory")]
+    pub downgrade_memory_days: u32,
     /// Longest text line accepted in DATA, CRLF included; a message with a longer line is
     /// refused whole with `554 5.5.2` (never split or truncated).
     #[serde(default = "default_max_line")]
@@ -433,6 +437,10 @@ fn default_true() -> bool {
 fn default_verify_timeout() -> u64 {
     20
 }
+fn default_downgrade_memory() -> u32 {
+    365
+}
+
 fn default_downgrade() -> DowngradePolicy {
     DowngradePolicy::Refuse
 }
@@ -512,6 +520,7 @@ impl Default for SmtpConfig {
             dmarc_reject: false,
             verify_timeout_secs: default_verify_timeout(),
             downgrade: default_downgrade(),
+            downgrade_memory_days: default_downgrade_memory(),
             max_line_bytes: default_max_line(),
             greeting_delay_ms: 0,
             max_errors: default_max_errors(),

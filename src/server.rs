@@ -125,6 +125,11 @@ async fn serve_inner(cfg: Config, reload: Option<Reload>) -> Result<(), ServeErr
             .await
             .map_err(|e| ServeError::Store(path.display().to_string(), e))?;
     }
+    match crate::known_domains::start(&store, cfg.smtp.downgrade_memory_days) {
+        Ok(n) if n > 0 => info!(domains = n, "domains known to send mail over XMPP loaded"),
+        Ok(_) => {}
+        Err(e) => return Err(ServeError::Store(path.display().to_string(), e)),
+    }
     let (tx, rx) = mpsc::channel(1024);
     let s2s = S2s::new(cfg.clone(), secret, tx).map_err(|e| ServeError::S2s(e.to_string()))?;
     let delivery = Delivery::new(cfg.clone(), store.clone(), s2s.clone());

@@ -499,6 +499,21 @@ fn downgrade_refused_for_local_and_xmpp_domains() {
     assert!(text.contains("5.7.1 b.test sent mail over XMPP"), "{text}");
     let (_, end) = try_send(addr, "x@elsewhere.example", &m);
     assert_eq!(end.expect("data answered").0, 550);
+    // The evidence is in the store: after a restart b.test is still refused over SMTP.
+    a.stop();
+    a.start();
+    common::postfix::wait_port(addr, 10, "smtp", || a.log_tail(20));
+    assert!(
+        a.log()
+            .contains("domains known to send mail over XMPP loaded domains=1"),
+        "{}",
+        a.log_tail(30)
+    );
+    let mut s = SmtpRaw::connect(addr);
+    s.cmd("EHLO mta.elsewhere.example");
+    let (code, text) = s.cmd("MAIL FROM:<bob@b.test>");
+    assert_eq!(code, 550, "after a restart: {text}");
+    assert!(text.contains("5.7.1 b.test sent mail over XMPP"), "{text}");
     let subjects: Vec<String> = a
         .mailbox("alice@a.test")
         .into_iter()

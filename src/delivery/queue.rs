@@ -283,7 +283,8 @@ impl Delivery {
                 .unwrap_or(false);
         info!(domain, mail_over_xmpp = yes, "service discovery");
         if yes {
-            crate::known_domains::learn(domain, crate::known_domains::Evidence::Disco);
+            let op = crate::known_domains::learn(domain, crate::known_domains::Evidence::Disco);
+            crate::known_domains::remember(&self.store, op).await;
         }
         lock(&self.disco).insert(domain.to_string(), (yes, Instant::now()));
         Ok(yes)

@@ -559,13 +559,16 @@ fn mail_chunk(
 /// Stores a complete mail for its local recipients and sends the receipt.
 fn deliver(core: Arc<Core>, origin: &Origin, mail_id: String, env: Envelope, data: Vec<u8>) {
     let (from_domain, to_domain) = (origin.from_domain.clone(), origin.to_domain.clone());
-    crate::known_domains::learn(&from_domain, crate::known_domains::Evidence::S2sMail);
+    let learnt = crate::known_domains::learn(&from_domain, crate::known_domains::Evidence::S2sMail);
     let method = origin.auth;
     let registry = match &origin.registry {
         RegistryMark::Tag(t) => Some(t.clone()),
         _ => None,
     };
     tokio::spawn(async move {
+        // Remembered before the mail is acknowledged (downgrade protection survives a
+        // restart from the first mail on).
+        crate::known_domains::remember(&core.store, learnt).await;
         let now = crate::now();
         let trace = trace_headers(
             &from_domain,

@@ -30,6 +30,7 @@ pub(super) struct Tables<'txn> {
     dedupe: Table<'txn, (&'static str, &'static str, &'static str), i64>,
     secrets: Table<'txn, &'static str, &'static [u8]>,
     counters: Table<'txn, &'static str, u64>,
+    known_domains: Table<'txn, &'static str, (u8, i64)>,
     /// (address, folder) pairs changed so far, for the change notifications sent after the
     /// commit.
     pub touched: Vec<(String, String)>,
@@ -47,6 +48,7 @@ impl<'txn> Tables<'txn> {
             dedupe: txn.open_table(DEDUPE)?,
             secrets: txn.open_table(SECRETS)?,
             counters: txn.open_table(COUNTERS)?,
+            known_domains: txn.open_table(super::tables::KNOWN_DOMAINS)?,
             touched: Vec::new(),
         })
     }
@@ -77,6 +79,13 @@ impl<'txn> Tables<'txn> {
                     only_if_absent,
                 } => self.put_secret(name, value, *only_if_absent)?,
                 Op::PruneDedupe { older_than } => self.prune_dedupe(*older_than)?,
+                Op::LearnDomains { entries } => {
+                    for k in entries {
+                        self.known_domains
+                            .insert(k.domain.as_str(), (k.evidence, k.last_seen))?;
+                    }
+                    OpResult::Learned(entries.len() as u64)
+                }
                 Op::RecordDedupe {
                     key,
                     recipients,

@@ -94,6 +94,10 @@ fn write_copy(src: &ReadTransaction, dest: &Path) -> Result<BackupStats, StoreEr
     copy(src, &out, tables::DEDUPE, |_, _| {})?;
     copy(src, &out, tables::SECRETS, |_, _| {})?;
     copy(src, &out, tables::COUNTERS, |_, _| {})?;
+    // Absent from stores not yet written by a version that has it.
+    if src.open_table(tables::KNOWN_DOMAINS).is_ok() {
+        copy(src, &out, tables::KNOWN_DOMAINS, |_, _| {})?;
+    }
     // The last commit makes everything before it durable.
     let mut txn = out.begin_write()?;
     txn.set_durability(Durability::Immediate)

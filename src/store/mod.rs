@@ -291,6 +291,8 @@ pub enum Op {
     },
     /// Forget dedupe records older than `older_than` (unix seconds).
     PruneDedupe { older_than: i64 },
+    /// Remember (or refresh) domains known to send their mail over XMPP.
+    LearnDomains { entries: Vec<KnownDomain> },
     /// Write dedupe records for recipients whose copy was stored elsewhere (an external
     /// LMTP server), so a retry of the same mail is recognised (XEP-MTA §11.3).
     RecordDedupe {
@@ -348,6 +350,16 @@ pub enum Op {
     ClaimRecent { address: String, folder: String },
 }
 
+/// A domain known to send its mail over XMPP, as stored (see `crate::known_domains`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownDomain {
+    pub domain: String,
+    /// `crate::known_domains::Evidence` as a number.
+    pub evidence: u8,
+    /// Unix seconds.
+    pub last_seen: i64,
+}
+
 /// The outcome of one [`Op`], in the same position.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OpResult {
@@ -369,6 +381,8 @@ pub enum OpResult {
     Secret(Vec<u8>),
     /// Number of dedupe records removed.
     Pruned(u64),
+    /// Number of known domains written.
+    Learned(u64),
     /// Number of dedupe records written.
     Recorded(u64),
     /// One entry per message found, in the order asked.
@@ -776,6 +790,29 @@ impl Store {
         self.read(|txn| {
             let secrets = txn.open_table(tables::SECRETS)?;
             Ok(secrets.get(name)?.map(|v| v.value().to_vec()))
+        })
+    }
+
+    /// The domains known to send their mail over XMPP (empty for a store that has never
+    /// been written by a version with that table).
+    pub fn known_domains(&self) -> Result<Vec<KnownDomain>, StoreError> {
+        self.read(|txn| {
+            let t = match txn.open_table(tables::KNOWN_DOMAINS) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(e) => return Err(e.into()),
+            };
+            let mut out = Vec::new();
+            for e in t.iter()? {
+                let (k, v) = e?;
+                let (evidence, last_seen) = v.value();
+                out.push(KnownDomain {
+                    domain: k.value().to_string(),
+                    evidence,
+                    last_seen,
+                });
+            }
+            Ok(out)
         })
     }
 

@@ -37,6 +37,11 @@ pub(super) const DEDUPE: TableDefinition<(&str, &str, &str), i64> = TableDefinit
 pub(super) const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
 /// name -> value; see the keys below
 pub(super) const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+/// Domains known to send their mail over XMPP (downgrade protection, see
+/// `crate::known_domains`): domain -> (evidence code, unix seconds last seen). Added after
+/// schema 1 was fixed: created by the first write of a newer version, absent before.
+pub(super) const KNOWN_DOMAINS: TableDefinition<&str, (u8, i64)> =
+    TableDefinition::new("known_domains");
 
 pub(super) const SCHEMA_KEY: &str = "schema_version";
 pub(super) const SCHEMA_VERSION: u64 = 1;
@@ -112,6 +117,7 @@ pub(super) fn init_schema(db: &Database) -> Result<(), StoreError> {
         txn.open_table(QUEUE)?;
         txn.open_table(DEDUPE)?;
         txn.open_table(SECRETS)?;
+        txn.open_table(KNOWN_DOMAINS)?;
         let mut counters = txn.open_table(COUNTERS)?;
         counters.insert(SCHEMA_KEY, SCHEMA_VERSION)?;
     }
