@@ -210,3 +210,71 @@ fn smarthost_starttls() {
     assert!(strict.mailbox("alice@a.test").is_empty(), "no bounce");
     assert!(!sink.dumps().iter().any(|d| d.contains("not-trusted")));
 }
+
+/// A smarthost that accepts the connection and never greets: the attempt times out after
+/// `[smtp] smarthost_timeout_secs`, the mail stays queued (deferred, not bounced), and a
+/// real smarthost configured after a restart gets it, once.
+#[test]
+fn silent_smarthost_defers_until_a_working_one() {
+    let dns = Dnsmasq::start("127.0.2.121", &[]);
+    let silent = std::net::TcpListener::bind("127.0.2.122:0").expect("bind");
+    let silent_addr = silent.local_addr().expect("addr");
+    // Accept and hold the connections, saying nothing.
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let h = held.clone();
+    std::thread::spawn(move || {
+        for c in silent.incoming().flatten() {
+            h.lock().unwrap().push(c);
+        }
+    });
+    let extra = format!(
+        "[dns]\nnameservers = [\"{}\"]\n\n[smtp]\nsmarthost = \"{silent_addr}\"\nsmarthost_tls = \"off\"\nsmarthost_timeout_secs = 2\n",
+        dns.addr
+    );
+    let mut a = Xmta::new(Spec {
+        domain: "a.test",
+        ip: "127.0.2.120",
+        routes: vec![],
+        extra: &extra,
+        s2s_extra: "",
+    });
+    a.start();
+    a.add_user("alice@a.test");
+    let m = message("alice@a.test", "dave@legacy.test", "silent-smarthost", "hi");
+    a.send("alice@a.test", &["dave@legacy.test"], &m);
+    a.wait_for("a timed-out attempt", 30, || {
+        a.queue().iter().any(|l| {
+            l.contains("dave@legacy.test")
+                && l.contains("pending (")
+                && !l.contains("not tried yet")
+        })
+    });
+    assert!(
+        !held.lock().unwrap().is_empty(),
+        "xmta connected to the silent smarthost"
+    );
+    assert!(
+        a.mailbox("alice@a.test").is_empty(),
+        "no bounce for a timeout"
+    );
+    let q = a.queue().join("\n");
+    assert!(
+        q.to_lowercase().contains("time"),
+        "the queue names the timeout: {q}"
+    );
+    // A working smarthost: after the restart the queued mail goes there.
+    a.stop();
+    let sink = SmtpSink::start("127.0.2.123");
+    let cfg = std::fs::read_to_string(&a.config).unwrap();
+    std::fs::write(
+        &a.config,
+        cfg.replace(&silent_addr.to_string(), &sink.addr.to_string()),
+    )
+    .unwrap();
+    a.start();
+    a.wait_for("the mail at smtp-sink", 30, || {
+        sink.dumps().iter().any(|d| d.contains("silent-smarthost"))
+    });
+    a.wait_for("the queue to empty", 10, || a.queue().is_empty());
+    assert_eq!(sink.dumps().len(), 1, "delivered once");
+}
