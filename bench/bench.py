@@ -168,6 +168,7 @@ class Xmta:
         self.imap_port = free_port(ip)
         self.routes = {}
         self.extra, self.s2s_extra = extra, s2s_extra
+        self.delivery = "retry_initial_secs = 1\nretry_max_secs = 2"
         self.proc = None
         CLEANUP.append(self.stop)
 
@@ -194,8 +195,7 @@ peer_bytes_per_minute = 0
 [s2s.routes]
 {routes}
 [delivery]
-retry_initial_secs = 1
-retry_max_secs = 2
+{self.delivery}
 
 [smtp]
 listen = ["{self.ip}:{self.smtp_port}"]
@@ -722,11 +722,44 @@ def run_xmta_small(n):
     return run_xmta(10, n, 100)
 
 
+def run_xmta_s2s_burst(n):
+    """n 100-byte mails already in a.test's queue (b.test was down), released at once with
+    `xmta queue flush` over a warm s2s stream: the s2s hop alone, each mail committed on
+    b.test before its receipt and dequeued on a.test, like Prosody's burst on a warm link."""
+    a = Xmta("a.test", "127.0.1.94")
+    b = Xmta("b.test", "127.0.1.95")
+    a.delivery = "retry_initial_secs = 3600\nretry_max_secs = 7200"
+    a.routes["b.test"] = f"{b.ip}:{b.port}"
+    b.routes["a.test"] = f"{a.ip}:{a.port}"
+    try:
+        b.start()
+        b.add_user("user@b.test")
+        b.stop()
+        a.start()
+        smtp_source(a.ip, a.smtp_port, 10, n, 100, "user@b.test")
+        wait_until(lambda: a.metric("xmta_messages_deferred_total") >= n, 120,
+                   "every first attempt failed")
+        b.start()
+        warm = b"From: src@a.test\r\nTo: user@b.test\r\nSubject: warm\r\n\r\nwarm\r\n"
+        a.cmd(["send", "--from", "src@a.test", "user@b.test"], warm)
+        wait_until(lambda: b.delivered_local() >= 1, 60, "the warm-up mail")
+        t0 = time.time()
+        a.cmd(["queue", "flush"])
+        wait_until(lambda: b.delivered_local() >= n + 1, 600, "b.test has the burst")
+        return n / (time.time() - t0)
+    finally:
+        a.remove()
+        b.remove()
+
+
 def bench_s2s():
     n = 500 if QUICK else 2000
     alternate(f"s2s {n} stanzas", "prosody", lambda: run_prosody_s2s(n),
               lambda: run_xmta_small(n), "msg/s",
               note="Prosody chat c2s->s2s->c2s (not stored) vs xmta mail SMTP->s2s->mailbox (fsynced twice)")
+    alternate(f"s2s burst {n} stanzas", "prosody", lambda: run_prosody_s2s(n),
+              lambda: run_xmta_s2s_burst(n), "msg/s",
+              note="both on a warm stream: Prosody chat (not stored) vs xmta queue -> s2s -> mailbox (b commits, a dequeues)")
 
 
 # ---------- IMAP ----------
