@@ -347,7 +347,7 @@ impl Delivery {
                 lock(&me.schedule).remove(&(item.next_attempt, item_id.clone()));
                 // Recording counts an attempt; a late receipt is not one.
                 item.attempts = item.attempts.saturating_sub(1);
-                me.record(item, &body, results).await;
+                me.record(item, &body, results, true).await;
             }
             lock(&me.inflight).remove(&item_id);
         });
@@ -493,6 +493,8 @@ impl Delivery {
             .map(|r| r.address.clone())
             .collect();
         let mut results: HashMap<String, Attempt> = HashMap::new();
+        // Every recipient went to an xmta over XMPP (which remembers what it stored).
+        let mut xmpp_only = false;
         if now >= item.expires {
             for r in &pending {
                 let last = item
@@ -570,6 +572,7 @@ impl Delivery {
                     .or_default()
                     .push(r.clone());
             }
+            xmpp_only = local_rcpts.is_empty() && legacy_rcpts.is_empty();
             let origin = origin_domain(&self.cfg, &item);
             let mut tasks = Vec::new();
             for ((domain, batch), rcpts) in batches {
@@ -613,7 +616,7 @@ impl Delivery {
                 }
             }
         }
-        self.record(item, &body, results).await;
+        self.record(item, &body, results, xmpp_only).await;
     }
 
     /// Queued local recipients: through the local-delivery seam (store or LMTP server).
@@ -1013,7 +1016,15 @@ impl Delivery {
     }
 
     /// Writes the outcome of an attempt (and any bounce) in one transaction.
-    async fn record(&self, mut item: QueueItem, body: &[u8], results: HashMap<String, Attempt>) {
+    /// `xmpp_only`: every recipient of this attempt went over XMPP, so a delivered item may
+    /// be removed lazily (see below).
+    async fn record(
+        &self,
+        mut item: QueueItem,
+        body: &[u8],
+        results: HashMap<String, Attempt>,
+        xmpp_only: bool,
+    ) {
         let now = crate::now();
         let mut newly_failed = Vec::new();
         let mut deferred_any = false;
@@ -1085,7 +1096,16 @@ impl Delivery {
                 _ => None,
             })
             .collect();
-        match self.store.apply(ops).await {
+        // A delivered item's removal alone need not be durable before we go on: lost in a
+        // crash, the mail is sent again and the receiver's duplicate memory answers it
+        // (XEP-MTA §11.3). It rides with a later commit (see `store::writer`). Not so for
+        // the smarthost (SMTP has no such memory) or local delivery.
+        let applied = if done && xmpp_only && ops.len() == 1 {
+            self.store.apply_lazily(ops).map(|()| Vec::new())
+        } else {
+            self.store.apply(ops).await
+        };
+        match applied {
             Ok(_) => {
                 crate::metrics::s2s_attempt(delivered_n, newly_failed.len(), deferred_n);
                 for b in bounce_ids {

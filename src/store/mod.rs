@@ -501,9 +501,29 @@ impl Store {
     pub async fn apply(&self, ops: Vec<Op>) -> Result<Vec<OpResult>, StoreError> {
         let (reply, answer) = oneshot::channel();
         let tx = self.inner.tx.as_ref().ok_or(StoreError::WriterGone)?;
-        tx.send(writer::Request { ops, reply })
-            .map_err(|_| StoreError::WriterGone)?;
+        tx.send(writer::Request {
+            ops,
+            reply,
+            lazy: false,
+        })
+        .map_err(|_| StoreError::WriterGone)?;
         answer.await.map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// Hands `ops` to the writer without waiting: they are committed with a later commit
+    /// (at most [`writer::LAZY_MAX_AGE`] later while the server runs, or by the next
+    /// [`Store::apply`] of no ops). Only for writes whose loss in a crash is harmless: the
+    /// removal of a delivered queue item (a re-send is recognised by the receiver's
+    /// duplicate memory). Not durable when this returns.
+    pub fn apply_lazily(&self, ops: Vec<Op>) -> Result<(), StoreError> {
+        let (reply, _) = oneshot::channel();
+        let tx = self.inner.tx.as_ref().ok_or(StoreError::WriterGone)?;
+        tx.send(writer::Request {
+            ops,
+            reply,
+            lazy: true,
+        })
+        .map_err(|_| StoreError::WriterGone)
     }
 
     async fn apply_one(&self, op: Op) -> Result<OpResult, StoreError> {

@@ -5,10 +5,18 @@
 //! whole batch (nothing in it is acknowledged) and reopens the database; a request whose own
 //! content fails (a corrupt record it touched, a value too large) is failed alone by retrying
 //! the batch one request per transaction.
+//!
+//! Lazy requests ([`super::Store::apply_lazily`], used for dequeuing delivered mail, whose
+//! loss in a crash only causes a re-send the receiver recognises) are not answered and get
+//! no commit of their own: they are held and go with the first commit that is due anyway
+//! when nothing else arrived for [`LAZY_LINGER`], when they are [`LAZY_MAX_AGE`] old, when
+//! [`LAZY_MAX`] are held, or with an empty request (a flush, as at shutdown). The commits
+//! that acknowledge mail stay small.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::Ordering;
 use std::sync::{PoisonError, mpsc};
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
@@ -23,9 +31,18 @@ pub const MAX_BATCH_REQUESTS: usize = 256;
 /// request is still taken, alone).
 pub const MAX_BATCH_BYTES: usize = 64 << 20;
 
+/// Held lazy requests are committed after this long without another request.
+pub const LAZY_LINGER: Duration = Duration::from_millis(20);
+/// ... and at the latest when the oldest is this old.
+pub const LAZY_MAX_AGE: Duration = Duration::from_millis(500);
+/// ... or when this many are held.
+pub const LAZY_MAX: usize = 1024;
+
 pub(super) struct Request {
     pub ops: Vec<Op>,
     pub reply: oneshot::Sender<Result<Vec<OpResult>, StoreError>>,
+    /// Nobody waits for it: see the module doc.
+    pub lazy: bool,
 }
 
 impl Request {
@@ -52,13 +69,26 @@ enum Failure {
 /// Runs until every `Store` handle is gone (the channel closes).
 pub(super) fn run(shared: &Shared, rx: mpsc::Receiver<Request>) {
     let mut carry: Option<Request> = None;
+    let mut held: Vec<Request> = Vec::new();
+    let mut held_since = Instant::now();
     loop {
         let first = match carry.take() {
             Some(request) => request,
-            None => match rx.recv() {
+            None if held.is_empty() => match rx.recv() {
                 Ok(request) => request,
                 Err(_) => break,
             },
+            None => {
+                let wait = LAZY_LINGER.min(LAZY_MAX_AGE.saturating_sub(held_since.elapsed()));
+                match rx.recv_timeout(wait) {
+                    Ok(request) => request,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        commit_lazy(shared, std::mem::take(&mut held));
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            }
         };
         let mut bytes = first.body_bytes();
         let mut batch = vec![first];
@@ -72,15 +102,56 @@ pub(super) fn run(shared: &Shared, rx: mpsc::Receiver<Request>) {
             bytes += more;
             batch.push(request);
         }
-
-        let ops: Vec<&[Op]> = batch.iter().map(|r| r.ops.as_slice()).collect();
-        let results = shared.process(&ops);
-        for (request, result) in batch.into_iter().zip(results) {
-            // The caller may have given up waiting; the write stands anyway.
-            let _ = request.reply.send(result);
+        let (lazy, mut batch): (Vec<Request>, Vec<Request>) =
+            batch.into_iter().partition(|r| r.lazy);
+        if !lazy.is_empty() {
+            if held.is_empty() {
+                held_since = Instant::now();
+            }
+            held.extend(lazy);
         }
+        let flush = batch.iter().any(|r| r.ops.is_empty())
+            || held.len() >= LAZY_MAX
+            || (!held.is_empty() && held_since.elapsed() >= LAZY_MAX_AGE);
+        if flush && !held.is_empty() {
+            // The held ones are older: they go first.
+            held.append(&mut batch);
+            batch = std::mem::take(&mut held);
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        commit_answering(shared, batch);
     }
+    commit_lazy(shared, held);
     debug!("store writer stopped");
+}
+
+fn commit_answering(shared: &Shared, batch: Vec<Request>) {
+    let ops: Vec<&[Op]> = batch.iter().map(|r| r.ops.as_slice()).collect();
+    let results = shared.process(&ops);
+    for (request, result) in batch.into_iter().zip(results) {
+        // The caller may have given up waiting (or, lazy, never waited); the write stands.
+        let _ = request.reply.send(result);
+    }
+}
+
+/// Commits held lazy requests on their own; a failure is logged (their items are sent
+/// again after a restart and recognised by the receiver).
+fn commit_lazy(shared: &Shared, held: Vec<Request>) {
+    if held.is_empty() {
+        return;
+    }
+    let n = held.len();
+    let ops: Vec<&[Op]> = held.iter().map(|r| r.ops.as_slice()).collect();
+    let failed = shared
+        .process(&ops)
+        .into_iter()
+        .filter(|r| r.is_err())
+        .count();
+    if failed > 0 {
+        warn!(failed, of = n, "lazy store writes failed");
+    }
 }
 
 impl Shared {
