@@ -37,7 +37,7 @@ enum NetstringError {
 
 /// Accepts socketmap connections until the process ends.
 pub async fn serve(core: Arc<Core>, listener: TcpListener) {
-    let slots = Arc::new(Semaphore::new(core.cfg.postfix.max_connections));
+    let slots = Arc::new(Semaphore::new(core.cfg.get().postfix.max_connections));
     loop {
         let (sock, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -66,11 +66,11 @@ pub async fn serve(core: Arc<Core>, listener: TcpListener) {
 async fn session(core: &Core, sock: TcpStream) -> Result<(), NetstringError> {
     let (r, mut w) = sock.into_split();
     let mut r = BufReader::new(r);
-    let idle = Duration::from_secs(core.cfg.postfix.idle_timeout_secs);
+    let idle = Duration::from_secs(core.cfg.get().postfix.idle_timeout_secs);
     loop {
         let req = match tokio::time::timeout(
             idle,
-            read_netstring(&mut r, core.cfg.postfix.max_request_bytes),
+            read_netstring(&mut r, core.cfg.get().postfix.max_request_bytes),
         )
         .await
         {
@@ -145,16 +145,16 @@ async fn answer(core: &Core, req: &[u8]) -> String {
     let Some((name, key)) = req.split_once(' ') else {
         return "PERM expected \"NAME KEY\"".into();
     };
-    if name != core.cfg.postfix.map_name {
+    if name != core.cfg.get().postfix.map_name {
         return format!("PERM no such map `{name}` here");
     }
     let Some(domain) = key_domain(key) else {
         return "NOTFOUND ".into();
     };
-    let Some(transport) = core.cfg.postfix_transport() else {
+    let Some(transport) = core.cfg.get().postfix_transport() else {
         return "PERM no transport configured".into();
     };
-    if core.cfg.is_local_domain(&domain) {
+    if core.cfg.get().is_local_domain(&domain) {
         return format!("OK {transport}");
     }
     match core.delivery.takes_xmpp(&domain).await {

@@ -25,7 +25,8 @@ use crate::store::{Op, OpResult, Store};
 
 /// What every part of a running server shares.
 pub struct Core {
-    pub cfg: Arc<Config>,
+    /// The configuration in force; SIGHUP swaps it (see the module doc).
+    pub cfg: crate::live::Live,
     pub store: Store,
     pub s2s: Arc<S2s>,
     pub delivery: Arc<Delivery>,
@@ -110,7 +111,8 @@ async fn serve_inner(cfg: Config, reload: Option<Reload>) -> Result<(), ServeErr
     let mut term = watch(SignalKind::terminate())?;
     let mut int = watch(SignalKind::interrupt())?;
     let mut hup = watch(SignalKind::hangup())?;
-    let cfg = Arc::new(cfg);
+    let live = crate::live::Live::new(cfg);
+    let cfg = live.get();
     let dir = &cfg.server.data_dir;
     std::fs::create_dir_all(dir)
         .map_err(|e| ServeError::DataDir(dir.display().to_string(), e.to_string()))?;
@@ -121,10 +123,10 @@ async fn serve_inner(cfg: Config, reload: Option<Reload>) -> Result<(), ServeErr
         .await
         .map_err(|e| ServeError::Store(path.display().to_string(), e))?;
     let (tx, rx) = mpsc::channel(1024);
-    let s2s = S2s::new(cfg.clone(), secret, tx).map_err(|e| ServeError::S2s(e.to_string()))?;
-    let delivery = Delivery::new(cfg.clone(), store.clone(), s2s.clone());
+    let s2s = S2s::new(live.clone(), secret, tx).map_err(|e| ServeError::S2s(e.to_string()))?;
+    let delivery = Delivery::new(live.clone(), store.clone(), s2s.clone());
     let core = Arc::new(Core {
-        cfg: cfg.clone(),
+        cfg: live.clone(),
         store,
         s2s: s2s.clone(),
         delivery: delivery.clone(),
@@ -209,7 +211,7 @@ async fn serve_inner(cfg: Config, reload: Option<Reload>) -> Result<(), ServeErr
     for l in tls_listeners {
         acceptors.push(tokio::spawn(s2s.clone().serve_direct_tls(l)));
     }
-    let smtp_slots = Arc::new(tokio::sync::Semaphore::new(cfg.smtp.max_connections));
+    let smtp_slots = crate::live::Slots::new();
     let smtp_shared = Arc::new(crate::smtp::Shared::new(&cfg).map_err(ServeError::Smtp)?);
     for (l, mode) in smtp_listeners {
         acceptors.push(tokio::spawn(crate::smtp::serve(
@@ -257,12 +259,11 @@ async fn serve_inner(cfg: Config, reload: Option<Reload>) -> Result<(), ServeErr
         "xmta ready"
     );
 
-    let mut running_cfg = (*cfg).clone();
     loop {
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM: shutting down"); break; }
             _ = int.recv() => { info!("SIGINT: shutting down"); break; }
-            _ = hup.recv() => reload_config(reload.as_ref(), &mut running_cfg),
+            _ = hup.recv() => reload_config(reload.as_ref(), &core),
         }
     }
     shutdown(&core, acceptors, &smtp_slots).await;
@@ -274,9 +275,9 @@ async fn serve_inner(cfg: Config, reload: Option<Reload>) -> Result<(), ServeErr
 async fn shutdown(
     core: &Core,
     acceptors: Vec<tokio::task::JoinHandle<()>>,
-    smtp_slots: &tokio::sync::Semaphore,
+    smtp_slots: &crate::live::Slots,
 ) {
-    let cfg = &core.cfg;
+    let cfg = core.cfg.get();
     for a in &acceptors {
         a.abort();
     }
@@ -287,9 +288,8 @@ async fn shutdown(
     let _ = std::fs::remove_file(cfg.admin_socket());
     let grace = std::time::Duration::from_secs(cfg.shutdown.grace_secs);
     let deadline = tokio::time::Instant::now() + grace;
-    let max = cfg.smtp.max_connections;
     loop {
-        let smtp = max - smtp_slots.available_permits().min(max);
+        let smtp = smtp_slots.in_use();
         let admin = crate::admin::in_flight();
         if smtp == 0 && admin == 0 {
             break;
@@ -313,76 +313,92 @@ async fn shutdown(
     }
 }
 
-/// SIGHUP: re-reads the config. The log filter changes at once; other changes are named
-/// as needing a restart.
-fn reload_config(reload: Option<&Reload>, running: &mut Config) {
+/// SIGHUP: re-reads the config and puts it in force, except the keys that need a restart
+/// (`crate::live::restart_only`), which keep their running values and are named in a warning.
+/// A file that does not load, or does not validate together with those kept values, changes
+/// nothing.
+fn reload_config(reload: Option<&Reload>, core: &Core) {
     let Some(r) = reload else {
         info!("SIGHUP: no config file to reload");
         return;
     };
-    let new = match Config::load(&r.path, r.is_default) {
+    let mut new = match Config::load(&r.path, r.is_default) {
         Ok(c) => c,
         Err(e) => {
             error!(error = %e, "SIGHUP: the config does not load; keeping the running one");
             return;
         }
     };
+    let running = core.cfg.get();
+    let restart = crate::live::restart_only(&running, &mut new);
+    if let Err(e) = new.revalidate() {
+        error!(error = %e, restart_only = ?restart, "SIGHUP: the config does not hold with the running values of the keys that need a restart; keeping the running one");
+        return;
+    }
     if new.log.level != running.log.level {
         match (r.log)(&new.log.level) {
             Ok(()) => info!(level = %new.log.level, "SIGHUP: log level changed"),
             Err(e) => error!(error = %e, "SIGHUP: could not change the log level"),
         }
     }
-    let sections = [
+    for key in &restart {
+        warn!(
+            key,
+            "SIGHUP: changed, but takes effect only after a restart"
+        );
+    }
+    let applied = changed_sections(&running, &new);
+    core.cfg.set(new);
+    info!(applied = ?applied, "SIGHUP: config reloaded");
+}
+
+/// The sections whose values differ between `a` and `b` (for the reload's log line).
+fn changed_sections(a: &Config, b: &Config) -> Vec<&'static str> {
+    let pairs = [
         (
             "server",
-            format!("{:?}", running.server),
-            format!("{:?}", new.server),
+            format!("{:?}", a.server),
+            format!("{:?}", b.server),
         ),
-        (
-            "s2s",
-            format!("{:?}", running.s2s),
-            format!("{:?}", new.s2s),
-        ),
-        (
-            "dns",
-            format!("{:?}", running.dns),
-            format!("{:?}", new.dns),
-        ),
+        ("s2s", format!("{:?}", a.s2s), format!("{:?}", b.s2s)),
+        ("dns", format!("{:?}", a.dns), format!("{:?}", b.dns)),
         (
             "delivery",
-            format!("{:?}", running.delivery),
-            format!("{:?}", new.delivery),
+            format!("{:?}", a.delivery),
+            format!("{:?}", b.delivery),
+        ),
+        ("log", format!("{:?}", a.log), format!("{:?}", b.log)),
+        ("smtp", format!("{:?}", a.smtp), format!("{:?}", b.smtp)),
+        (
+            "registry",
+            format!("{:?}", a.registry),
+            format!("{:?}", b.registry),
         ),
         (
-            "smtp",
-            format!("{:?}", running.smtp),
-            format!("{:?}", new.smtp),
+            "postfix",
+            format!("{:?}", a.postfix),
+            format!("{:?}", b.postfix),
         ),
         (
-            "component",
-            format!("{:?}", running.component),
-            format!("{:?}", new.component),
+            "public",
+            format!("{:?}", a.public),
+            format!("{:?}", b.public),
         ),
         (
-            "metrics",
-            format!("{:?}", running.metrics),
-            format!("{:?}", new.metrics),
+            "shutdown",
+            format!("{:?}", a.shutdown),
+            format!("{:?}", b.shutdown),
         ),
         (
-            "log.format",
-            format!("{:?}", running.log.format),
-            format!("{:?}", new.log.format),
+            "import",
+            format!("{:?}", a.import),
+            format!("{:?}", b.import),
         ),
+        ("imap", format!("{:?}", a.imap), format!("{:?}", b.imap)),
     ];
-    for (name, old, now) in sections {
-        if old != now {
-            warn!(
-                section = name,
-                "SIGHUP: changed, but takes effect only after a restart"
-            );
-        }
-    }
-    running.log.level = new.log.level;
-    info!("SIGHUP: config reloaded");
+    pairs
+        .into_iter()
+        .filter(|(_, x, y)| x != y)
+        .map(|(n, _, _)| n)
+        .collect()
 }

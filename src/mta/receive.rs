@@ -128,10 +128,13 @@ struct Limits {
 /// Consumes inbound events until the channel closes.
 pub async fn run(core: Arc<Core>, mut rx: mpsc::Receiver<InboundEvent>) {
     let mut partials = Partials::default();
-    let s = &core.cfg.s2s;
-    let mut limits = Limits {
-        messages: PeerBuckets::new(s.peer_messages_per_minute, s.peer_messages_burst),
-        bytes: PeerBuckets::new(s.peer_bytes_per_minute, s.peer_bytes_burst),
+    let mut limits = {
+        let c = core.cfg.get();
+        let s = &c.s2s;
+        Limits {
+            messages: PeerBuckets::new(s.peer_messages_per_minute, s.peer_messages_burst),
+            bytes: PeerBuckets::new(s.peer_bytes_per_minute, s.peer_bytes_burst),
+        }
     };
     while let Some(ev) = rx.recv().await {
         match ev {
@@ -153,6 +156,15 @@ pub async fn run(core: Arc<Core>, mut rx: mpsc::Receiver<InboundEvent>) {
                 element,
             } => {
                 partials.retain(|_, p| p.last.elapsed() < PARTIAL_IDLE);
+                // The limits in force (a SIGHUP may have changed them).
+                let c = core.cfg.get();
+                let s = &c.s2s;
+                limits
+                    .messages
+                    .set_limits(s.peer_messages_per_minute, s.peer_messages_burst);
+                limits
+                    .bytes
+                    .set_limits(s.peer_bytes_per_minute, s.peer_bytes_burst);
                 let origin = Origin {
                     from_domain,
                     to_domain,
@@ -386,7 +398,7 @@ fn check_first(core: &Core, origin: &Origin, env: &Envelope, size: u64) -> Resul
         });
     }
     // 4. Size.
-    let max = core.cfg.delivery.max_message_bytes as u64;
+    let max = core.cfg.get().delivery.max_message_bytes as u64;
     if size > max {
         return Err(Refusal {
             etype: "modify",
@@ -616,7 +628,8 @@ fn deliver(core: Arc<Core>, origin: &Origin, mail_id: String, env: Envelope, dat
             // The local-delivery seam: the built-in store, or the configured LMTP server.
             let n = d.recipients.len();
             let outcomes =
-                crate::delivery::local::deliver(&core.cfg, &core.store, &env.mail_from, d).await;
+                crate::delivery::local::deliver(&core.cfg.get(), &core.store, &env.mail_from, d)
+                    .await;
             use crate::delivery::local::LocalOutcome;
             for (orig, canon) in &canon_of {
                 let outcome = outcomes.iter().find(|(a, _)| a == canon).map(|(_, o)| o);

@@ -40,6 +40,9 @@
 //!   `[delivery] max_recipients` get `452 4.5.3`; `[smtp] max_errors` refused commands end
 //!   the session with `421 4.7.0`; idle clients get `421 4.4.2`; connections beyond
 //!   `[smtp] max_connections` `421 4.3.2`.
+//! - Reload (SIGHUP): a session runs under the config in force when it began, and each new
+//!   transaction (MAIL) under the one in force then; listeners, TLS, `hostname`, `verify`
+//!   and the AUTH failure limit stay as started.
 
 pub mod auth;
 pub mod data;
@@ -53,7 +56,6 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
 use crate::config::Config;
@@ -116,7 +118,7 @@ pub async fn serve(
     shared: Arc<Shared>,
     listener: TcpListener,
     (mode, implicit_tls): (Mode, bool),
-    slots: Arc<Semaphore>,
+    slots: Arc<crate::live::Slots>,
 ) {
     loop {
         let (sock, peer) = match listener.accept().await {
@@ -127,10 +129,12 @@ pub async fn serve(
                 continue;
             }
         };
+        // `[smtp] max_connections` as in force now (a SIGHUP may change it).
+        let max = core.cfg.get().smtp.max_connections;
         let core = core.clone();
         let shared = shared.clone();
-        match slots.clone().try_acquire_owned() {
-            Ok(permit) => {
+        match slots.try_take(max) {
+            Some(permit) => {
                 tokio::spawn(async move {
                     let _permit = permit;
                     let mut s = session::Session::new(core, shared, mode, peer);
@@ -140,8 +144,8 @@ pub async fn serve(
                     }
                 });
             }
-            Err(_) => {
-                warn!(%peer, "smtp: too many connections");
+            None => {
+                warn!(%peer, max, "smtp: too many connections");
                 tokio::spawn(async move {
                     let mut sock = sock;
                     let _ = sock
