@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
 use crate::delivery::Delivery;
@@ -213,6 +213,10 @@ async fn serve_inner(cfg: Config, reload: Option<Reload>) -> Result<(), ServeErr
     }
     let smtp_slots = crate::live::Slots::new();
     let smtp_shared = Arc::new(crate::smtp::Shared::new(&cfg).map_err(ServeError::Smtp)?);
+    // The certificates SIGHUP re-reads.
+    let mut certs: Vec<Arc<crate::s2s::tls::LiveCert>> = Vec::new();
+    certs.extend(s2s.tls.cert.clone());
+    certs.extend(smtp_shared.cert.clone());
     for (l, mode) in smtp_listeners {
         acceptors.push(tokio::spawn(crate::smtp::serve(
             core.clone(),
@@ -235,6 +239,7 @@ async fn serve_inner(cfg: Config, reload: Option<Reload>) -> Result<(), ServeErr
     if !imap_listeners.is_empty() {
         let imap =
             crate::imap::Imap::new(core.clone()).map_err(|e| ServeError::Imap(e.to_string()))?;
+        certs.extend(imap.cert.clone());
         for (l, tls) in imap_listeners {
             acceptors.push(tokio::spawn(crate::imap::serve(imap.clone(), l, tls)));
         }
@@ -263,7 +268,10 @@ async fn serve_inner(cfg: Config, reload: Option<Reload>) -> Result<(), ServeErr
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM: shutting down"); break; }
             _ = int.recv() => { info!("SIGINT: shutting down"); break; }
-            _ = hup.recv() => reload_config(reload.as_ref(), &core),
+            _ = hup.recv() => {
+                reload_config(reload.as_ref(), &core);
+                reload_certs(&certs);
+            }
         }
     }
     shutdown(&core, acceptors, &smtp_slots).await;
@@ -350,6 +358,21 @@ fn reload_config(reload: Option<&Reload>, core: &Core) {
     let applied = changed_sections(&running, &new);
     core.cfg.set(new);
     info!(applied = ?applied, "SIGHUP: config reloaded");
+}
+
+/// SIGHUP: re-reads the certificate files in use (same paths; new paths need a restart).
+/// A file that does not load leaves the certificate in use as it is.
+fn reload_certs(certs: &[Arc<crate::s2s::tls::LiveCert>]) {
+    for c in certs {
+        let path = c.cert_path().display();
+        match c.reload() {
+            Ok(true) => info!(%path, "SIGHUP: certificate reloaded"),
+            Ok(false) => debug!(%path, "SIGHUP: certificate unchanged"),
+            Err(e) => {
+                error!(%path, error = %e, "SIGHUP: certificate not reloaded; the one in use stays")
+            }
+        }
+    }
 }
 
 /// The sections whose values differ between `a` and `b` (for the reload's log line).

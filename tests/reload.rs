@@ -312,3 +312,64 @@ fn good_smtp_delivery(x: &Xmta, smtp: std::net::SocketAddr, subject: &str) {
     assert_eq!(s.cmd("QUIT").0, 221);
     assert_eq!(x.mailbox("bob@b.test").len(), before + 1);
 }
+
+/// Python: STARTTLS to the SMTP listener; prints whether the certificate presented is the
+/// one now in the file argv[3].
+const PRESENTED: &str = r#"
+import hashlib, smtplib, ssl, sys
+s = smtplib.SMTP(sys.argv[1], int(sys.argv[2]), timeout=10)
+s.ehlo('client.test')
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+s.starttls(context=ctx)
+got = hashlib.sha256(s.sock.getpeercert(True)).hexdigest()
+pem = open(sys.argv[3]).read()
+want = hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest()
+print('same' if got == want else 'other', got)
+s.quit()
+"#;
+
+/// A renewed certificate (same paths, new files) is used for handshakes after SIGHUP; a
+/// broken one is refused and the one in use stays.
+#[test]
+fn renewed_certificate_by_sighup() {
+    let ip = "127.0.2.25";
+    let tmp = tempfile::tempdir().unwrap();
+    let (old_dir, new_dir) = (tmp.path().join("old"), tmp.path().join("new"));
+    std::fs::create_dir_all(&old_dir).unwrap();
+    std::fs::create_dir_all(&new_dir).unwrap();
+    let (_, old) = make_certs(&old_dir, &["b.test"]);
+    let (_, new) = make_certs(&new_dir, &["b.test"]);
+    let (cert, key) = (tmp.path().join("cert.pem"), tmp.path().join("key.pem"));
+    std::fs::copy(&old[0].0, &cert).unwrap();
+    std::fs::copy(&old[0].1, &key).unwrap();
+    let (mut x, smtp) = smtp_server(
+        "b.test",
+        ip,
+        &format!(
+            "cert = \"{}\"\nkey = \"{}\"\n",
+            cert.display(),
+            key.display()
+        ),
+    );
+    x.start();
+    let port = smtp.port().to_string();
+    let presented = |file: &std::path::Path| {
+        common::smtp::python(PRESENTED, &[ip, &port, file.to_str().unwrap()])
+    };
+    assert!(presented(&old[0].0).starts_with("same"));
+
+    std::fs::copy(&new[0].0, &cert).unwrap();
+    std::fs::copy(&new[0].1, &key).unwrap();
+    // Before the reload the old certificate is still presented.
+    assert!(presented(&old[0].0).starts_with("same"));
+    hup_and_wait(&x, "SIGHUP: certificate reloaded");
+    assert!(presented(&new[0].0).starts_with("same"));
+
+    // A key that does not match the certificate: refused, the renewed one stays.
+    std::fs::copy(&old[0].1, &key).unwrap();
+    hup_and_wait(&x, "SIGHUP: certificate not reloaded");
+    assert!(presented(&new[0].0).starts_with("same"));
+    assert!(x.is_running());
+}

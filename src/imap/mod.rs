@@ -58,6 +58,8 @@ pub struct Imap {
     pub core: Arc<Core>,
     /// Present when a certificate is configured: STARTTLS and `tls_listen` work.
     pub tls: Option<TlsAcceptor>,
+    /// The certificate behind `tls`, re-read on SIGHUP.
+    pub cert: Option<Arc<crate::s2s::tls::LiveCert>>,
     pub limiter: LoginLimiter,
     /// Connections open, against `[imap] max_connections` as in force at each accept.
     slots: Arc<crate::live::Slots>,
@@ -68,9 +70,12 @@ impl Imap {
         let cfg = core.cfg.get();
         let cert = cfg.imap.cert.as_ref().or(cfg.s2s.cert.as_ref());
         let key = cfg.imap.key.as_ref().or(cfg.s2s.key.as_ref());
-        let tls = match (cert, key) {
-            (Some(cert), Some(key)) => Some(acceptor(cert, key)?),
-            _ => None,
+        let (tls, cert) = match (cert, key) {
+            (Some(cert), Some(key)) => {
+                let (a, c) = acceptor(cert, key)?;
+                (Some(a), Some(c))
+            }
+            _ => (None, None),
         };
         if tls.is_none() && !cfg.imap.tls_listen.is_empty() {
             return Err(ImapError::Tls(
@@ -84,25 +89,23 @@ impl Imap {
             ),
             slots: crate::live::Slots::new(),
             tls,
+            cert,
             core,
         }))
     }
 }
 
-fn acceptor(cert: &std::path::Path, key: &std::path::Path) -> Result<TlsAcceptor, ImapError> {
-    use rustls::pki_types::PrivateKeyDer;
-    use rustls::pki_types::pem::PemObject;
-    let chain = crate::s2s::tls::load_certs(cert).map_err(|e| ImapError::Tls(e.to_string()))?;
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| ImapError::Tls(format!("{}: {e}", key.display())))?;
+fn acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<(TlsAcceptor, Arc<crate::s2s::tls::LiveCert>), ImapError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ImapError::Tls(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .map_err(|e| ImapError::Tls(format!("certificate and key: {e}")))?;
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    let live = crate::s2s::tls::LiveCert::load(cert, key, provider)
+        .map_err(|e| ImapError::Tls(e.to_string()))?;
+    let config = live
+        .server_config()
+        .map_err(|e| ImapError::Tls(e.to_string()))?;
+    Ok((TlsAcceptor::from(Arc::new(config)), live))
 }
 
 /// Accepts connections on `listener` until the process ends; with `implicit_tls` each one

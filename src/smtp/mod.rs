@@ -80,13 +80,18 @@ pub enum Mode {
 /// What all SMTP listeners share: the TLS acceptor, the failed-login limit, the verifier.
 pub struct Shared {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// The certificate behind `tls`, re-read on SIGHUP.
+    pub cert: Option<Arc<crate::s2s::tls::LiveCert>>,
     pub auth_limit: auth::FailureLimit,
     pub verifier: Option<verify::Verifier>,
 }
 
 impl Shared {
     pub fn new(cfg: &Config) -> Result<Shared, String> {
-        let tls = tls::acceptor(cfg).map_err(|e| format!("smtp TLS: {e}"))?;
+        let (tls, cert) = match tls::acceptor(cfg).map_err(|e| format!("smtp TLS: {e}"))? {
+            Some((a, c)) => (Some(a), Some(c)),
+            None => (None, None),
+        };
         // Without a usable resolver mail is still accepted, only not verified.
         let verifier = if cfg.smtp.verify && !cfg.smtp.listen.is_empty() {
             match verify::Verifier::new(cfg) {
@@ -101,6 +106,7 @@ impl Shared {
         };
         Ok(Shared {
             tls,
+            cert,
             auth_limit: auth::FailureLimit::new(
                 cfg.smtp.auth_max_failures,
                 Duration::from_secs(cfg.smtp.auth_failure_window_secs),
