@@ -7,9 +7,45 @@
 //! commit waits for every write queued before it; then the process exits 0. Mail that was
 //! not acknowledged yet is still the sender's (it retries), so nothing acknowledged is lost.
 //!
-//! SIGHUP re-reads the config file: `log.level` takes effect at once; changes to any other
-//! section are reported in the log as needing a restart (listeners, routes, limits and
-//! timers are fixed at start).
+//! Reload (SIGHUP): the config file is read and validated again, and put in force without
+//! dropping a connection or touching the store. Design:
+//! - One shared handle, [`crate::live::Live`] (an `arc_swap::ArcSwap<Config>`), is what
+//!   every part holds instead of a fixed config (`Core::cfg`, `S2s`, `Delivery`, the
+//!   registry, the resolvers). A reload swaps the whole `Config` at once; readers take a
+//!   snapshot (`get()`, one atomic reference count, never a lock) where a value is used.
+//! - Where the snapshot is taken decides when a change counts: per inbound s2s connection
+//!   (stanza size, idle and handshake timeouts, `[s2s] auth`), per stanza (`[s2s]
+//!   allow`/`deny`, so a newly denied peer's open streams end at their next stanza with
+//!   policy-violation and its mail stays queued at the sender; the registry policy and
+//!   overrides; the per-peer rate limits, whose buckets keep their tokens), per outbound
+//!   stream (`[s2s.routes]`: a pooled stream opened under another route is not reused, the
+//!   next delivery dials the new next hop and the old stream closes when idle), per SMTP
+//!   session and again at each MAIL (size and recipient limits, `trusted_networks`,
+//!   `downgrade`, `max_errors`, line length, timeouts), per IMAP connection, per delivery
+//!   attempt (retry timers, receipt timeout, expiry of new mail, smarthost and its TLS
+//!   settings, `[delivery] local`), per accept (`max_connections` of s2s, SMTP and IMAP,
+//!   `[s2s] max_connections_per_ip`: a lower limit refuses new connections, cuts none).
+//! - Keys that a running process cannot change keep their running values, so the handle
+//!   always holds what is really in force: [`crate::live::restart_only`] copies them from
+//!   the running config into the new one and each differing key is logged by name as
+//!   "takes effect only after a restart". They are the listeners and addresses
+//!   (`s2s.listen`, `s2s.tls_listen`, `smtp.listen`/`lmtp`/`submission`/`submissions`,
+//!   `imap.listen`/`tls_listen`, `postfix.socketmap`, `metrics.listen`), the store and names
+//!   (`server.domains`, `server.data_dir`, `server.admin_socket`, `smtp.hostname`,
+//!   `component`), TLS settings (`s2s.tls`, the certificate paths `s2s.cert`/`key`/`ca`,
+//!   `smtp.cert`/`key`, `imap.cert`/`key`), what resolvers and limiters are built from
+//!   (`dns.nameservers`, `registry.zone`/`nameservers`/`min_ttl_secs`/`max_ttl_secs`/
+//!   `timeout_secs`, `smtp.verify`/`verify_timeout_secs`, `smtp.auth_max_failures`/
+//!   `auth_failure_window_secs`, `imap.max_login_failures`/`login_failure_window_secs`),
+//!   pools sized at start (`delivery.concurrency`, `postfix.max_connections`,
+//!   `metrics.max_connections`) and `log.format`.
+//! - The mixed config (new live keys, running restart-only ones) is validated again; a file
+//!   that does not load or a mix that does not hold (e.g. `registry.policy = "require"`
+//!   with a `registry.zone` the running process does not have) changes nothing and is
+//!   logged as an error. `log.level` changes the log filter at once.
+//! - The certificate files in use are read again (same paths): a renewed certificate is
+//!   presented from the next TLS handshake on (s2s both ways, SMTP, IMAP); a file that does
+//!   not load, or a key that does not match, leaves the certificate in use.
 
 use std::sync::Arc;
 

@@ -373,3 +373,58 @@ fn renewed_certificate_by_sighup() {
     assert!(presented(&new[0].0).starts_with("same"));
     assert!(x.is_running());
 }
+
+/// `[registry] policy` and `overrides` by SIGHUP: an unregistered peer is tagged under
+/// `tag`, refused (its mail stays queued) once the policy is `require`, and delivers again
+/// once an override exempts it.
+#[test]
+fn registry_policy_by_sighup() {
+    use common::registry::{Dnsmasq, Rec, registry_section};
+    let dns = Dnsmasq::start(
+        "127.0.2.30",
+        &["reg.test"],
+        &[Rec::A("test.reg.test", "127.0.0.2")],
+    );
+    let reg = registry_section("reg.test", "tag", dns.addr, "");
+    let (mut a, mut b) = pair("127.0.2.31", "127.0.2.32", "", &reg);
+    a.start();
+    b.start();
+    a.add_user("alice@a.test");
+    b.add_user("bob@b.test");
+    let send = |subject: &str| {
+        a.send(
+            "alice@a.test",
+            &["bob@b.test"],
+            &message("alice@a.test", "bob@b.test", subject, "x"),
+        )
+    };
+    send("tagged");
+    b.wait_for("the tagged mail", 30, || b.mailbox("bob@b.test").len() == 1);
+    let got = String::from_utf8_lossy(&b.show("bob@b.test", 1)).to_string();
+    assert!(got.contains("x-xmta-registry="), "{got}");
+
+    reload(&b, "policy = \"tag\"", "policy = \"require\"");
+    send("refused-then-exempted");
+    a.wait_for("a's deferral naming the registry", 30, || {
+        a.queue()
+            .iter()
+            .any(|l| l.contains("pending") && l.contains("a.test is not registered in reg.test"))
+    });
+    assert_eq!(b.mailbox("bob@b.test").len(), 1);
+
+    // The [registry] section is the last one: the overrides table goes after it.
+    let cfg = std::fs::read_to_string(&b.config).unwrap();
+    std::fs::write(
+        &b.config,
+        format!("{cfg}\n[registry.overrides]\n\"a.test\" = \"off\"\n"),
+    )
+    .unwrap();
+    hup_and_wait(&b, RELOADED);
+    b.wait_for("the exempted mail", 30, || {
+        b.mailbox("bob@b.test").len() == 2
+    });
+    a.wait_for("a's queue to empty", 30, || a.queue().is_empty());
+    let got = String::from_utf8_lossy(&b.show("bob@b.test", 2)).to_string();
+    assert!(got.contains("refused-then-exempted"), "{got}");
+    assert!(!got.contains("x-xmta-registry="), "{got}");
+}
