@@ -51,7 +51,7 @@ fn deny_a_peer_domain_by_sighup() {
     // The open stream is ended at its next stanza and every new one is refused at
     // dialback: b retries (every 1-2 s here), so the refusal repeats (once per stream,
     // each ends with it) while the mail waits in b's queue.
-    a.wait_for("the refusals of b.test", 30, || {
+    a.wait_for("the refusals of b.test", 60, || {
         a.log().matches(refused).count() >= 3
     });
     assert_eq!(b.queue().len(), 1, "the mail is still queued at b.test");
@@ -71,7 +71,7 @@ fn deny_a_peer_domain_by_sighup() {
         "idle_timeout_secs = 60\ndeny = [\"b.test\"]\n",
         "idle_timeout_secs = 60\n",
     );
-    a.wait_for("the deferred mail", 30, || {
+    a.wait_for("the deferred mail", 60, || {
         a.mailbox("alice@a.test").len() == 2
     });
     b.wait_for("b's queue to empty", 30, || b.queue().is_empty());
@@ -405,7 +405,7 @@ fn registry_policy_by_sighup() {
 
     reload(&b, "policy = \"tag\"", "policy = \"require\"");
     send("refused-then-exempted");
-    a.wait_for("a's deferral naming the registry", 30, || {
+    a.wait_for("a's deferral naming the registry", 60, || {
         a.queue()
             .iter()
             .any(|l| l.contains("pending") && l.contains("a.test is not registered in reg.test"))
@@ -420,7 +420,7 @@ fn registry_policy_by_sighup() {
     )
     .unwrap();
     hup_and_wait(&b, RELOADED);
-    b.wait_for("the exempted mail", 30, || {
+    b.wait_for("the exempted mail", 60, || {
         b.mailbox("bob@b.test").len() == 2
     });
     a.wait_for("a's queue to empty", 30, || a.queue().is_empty());

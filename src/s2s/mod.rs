@@ -13,6 +13,9 @@
 //! Who may authenticate is policy: `[s2s] auth` (certificate / dialback / either),
 //! `allow`/`deny`, `max_connections_per_ip`, and the registry of registered servers
 //! (`crate::registry`), asked once a domain is authenticated and applied to each stanza.
+//! All of it is read from the live config (`crate::live`), so SIGHUP changes it: limits,
+//! timeouts and `auth` per new stream, `allow`/`deny` and the registry policy per stanza,
+//! `[s2s.routes]` per outbound stream (see `crate::server` for the rules).
 
 mod component;
 pub mod dialback;
