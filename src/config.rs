@@ -69,6 +69,8 @@ pub struct Config {
     /// The IMAP bridge (listeners off by default).
     #[serde(default)]
     pub imap: ImapConfig,
+    #[serde(default)]
+    pub gateway: GatewayConfig,
     /// Where the config was read from (for messages); not a key.
     #[serde(skip)]
     pub source: String,
@@ -1365,6 +1367,64 @@ impl Default for ImportConfig {
             batch_bytes: default_import_bytes(),
         }
     }
+}
+
+/// `[gateway]`: the SMTP gateway's routing of plain XMPP domains and SRS for relayed mail
+/// with foreign senders (see `crate::srs`, `crate::delivery::route`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Domains with an XMPP server that does not announce urn:xmpp:mta:0: "smarthost"
+    /// (their mail goes to `[smtp] smarthost` when one is set) or "xmpp-body" (always the
+    /// legacy body-only XMPP delivery). Without a smarthost both mean "xmpp-body".
+    #[serde(default = "default_plain_xmpp")]
+    pub plain_xmpp: PlainXmpp,
+    /// Rewrite foreign envelope senders of relayed mail to SRS0 addresses in a local domain.
+    #[serde(default = "default_true")]
+    pub srs: bool,
+    /// The name of the SRS key in the store (generated on first start).
+    #[serde(default = "default_srs_secret")]
+    pub srs_secret: String,
+    /// How long an SRS address stays valid, in days.
+    #[serde(default = "default_srs_days")]
+    pub srs_max_age_days: u32,
+    /// How long the socketmap waits for service discovery of an unknown XMPP domain
+    /// before answering from its SRV record alone.
+    #[serde(default = "default_socketmap_disco")]
+    pub socketmap_disco_timeout_secs: u64,
+}
+
+/// See `gateway.plain_xmpp`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PlainXmpp {
+    Smarthost,
+    XmppBody,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            plain_xmpp: default_plain_xmpp(),
+            srs: true,
+            srs_secret: default_srs_secret(),
+            srs_max_age_days: default_srs_days(),
+            socketmap_disco_timeout_secs: default_socketmap_disco(),
+        }
+    }
+}
+
+fn default_plain_xmpp() -> PlainXmpp {
+    PlainXmpp::Smarthost
+}
+fn default_srs_secret() -> String {
+    "srs".into()
+}
+fn default_srs_days() -> u32 {
+    21
+}
+fn default_socketmap_disco() -> u64 {
+    10
 }
 
 fn default_import_batch() -> usize {

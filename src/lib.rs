@@ -30,6 +30,7 @@ pub mod registry;
 pub mod s2s;
 pub mod server;
 pub mod smtp;
+pub mod srs;
 pub mod store;
 pub mod xml;
 

@@ -99,6 +99,8 @@ pub fn restart_only(running: &Config, new: &mut Config) -> Vec<&'static str> {
         "imap.key" => imap.key;
         "imap.max_login_failures" => imap.max_login_failures;
         "imap.login_failure_window_secs" => imap.login_failure_window_secs;
+        "gateway.srs" => gateway.srs;
+        "gateway.srs_secret" => gateway.srs_secret;
     }
     changed
 }

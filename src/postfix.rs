@@ -5,9 +5,14 @@
 //! `LEN:NAME KEY,` and each reply one netstring `OK value`, `NOTFOUND `, `TEMP reason` or
 //! `PERM reason`, on a connection Postfix keeps open. Postfix asks with the full
 //! recipient address (`user@b.test`), with `*`, and with sender addresses; a bare domain is
-//! taken too. The answer is `OK <transport>` when the domain is one of ours or reachable
-//! over XMPP (see [`crate::delivery::route`]), `NOTFOUND ` otherwise (Postfix then uses its
-//! own default transport), `TEMP` when DNS failed. A request longer than
+//! taken too. The answer is `OK <transport>` when the domain is one of ours or takes mail
+//! over XMPP (see [`crate::delivery::route`]: an XMPP server that announces urn:xmpp:mta:0),
+//! `NOTFOUND ` otherwise (Postfix then uses its own default transport), `TEMP` when DNS
+//! failed. For a domain with an XMPP server whose discovery answer is not cached, the
+//! lookup waits for it up to `[gateway] socketmap_disco_timeout_secs` (Postfix waits ~100 s
+//! for a socketmap); without an answer by then it answers from the SRV record (OK), and the
+//! queue decides again at delivery time. With `[gateway] plain_xmpp = "xmpp-body"` the SRV
+//! record alone decides, as before. A request longer than
 //! `[postfix] max_request_bytes`, or not a netstring, closes that connection only.
 
 use std::sync::Arc;
@@ -157,9 +162,20 @@ async fn answer(core: &Core, req: &[u8]) -> String {
     if core.cfg.get().is_local_domain(&domain) {
         return format!("OK {transport}");
     }
-    match core.delivery.takes_xmpp(&domain).await {
-        Ok(true) => format!("OK {transport}"),
-        Ok(false) => "NOTFOUND ".into(),
+    if core.cfg.get().gateway.plain_xmpp == crate::config::PlainXmpp::XmppBody {
+        return match core.delivery.takes_xmpp(&domain).await {
+            Ok(true) => format!("OK {transport}"),
+            Ok(false) => "NOTFOUND ".into(),
+            Err(e) => format!("TEMP {}", e.replace(['\r', '\n', ','], " ")),
+        };
+    }
+    // Only domains that take mail over XMPP go to xmta; plain XMPP domains stay with
+    // Postfix's SMTP. Discovery not answered in time: the SRV record decides (OK), and
+    // xmta's queue decides again at delivery time.
+    let wait = Duration::from_secs(core.cfg.get().gateway.socketmap_disco_timeout_secs);
+    match core.delivery.takes_mail_over_xmpp(&domain, wait).await {
+        Ok(Some(true)) | Ok(None) => format!("OK {transport}"),
+        Ok(Some(false)) => "NOTFOUND ".into(),
         Err(e) => format!("TEMP {}", e.replace(['\r', '\n', ','], " ")),
     }
 }

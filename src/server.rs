@@ -38,7 +38,8 @@
 //!   `timeout_secs`, `smtp.verify`/`verify_timeout_secs`, `smtp.auth_max_failures`/
 //!   `auth_failure_window_secs`, `imap.max_login_failures`/`login_failure_window_secs`),
 //!   pools sized at start (`delivery.concurrency`, `postfix.max_connections`,
-//!   `metrics.max_connections`) and `log.format`.
+//!   `metrics.max_connections`), the SRS key made at start (`gateway.srs`,
+//!   `gateway.srs_secret`) and `log.format`.
 //! - The mixed config (new live keys, running restart-only ones) is validated again; a file
 //!   that does not load or a mix that does not hold (e.g. `registry.policy = "require"`
 //!   with a `registry.zone` the running process does not have) changes nothing and is
@@ -158,6 +159,11 @@ async fn serve_inner(cfg: Config, reload: Option<Reload>) -> Result<(), ServeErr
     let secret = dialback_secret(&store)
         .await
         .map_err(|e| ServeError::Store(path.display().to_string(), e))?;
+    if cfg.gateway.srs {
+        crate::srs::ensure_key(&store, &cfg.gateway.srs_secret)
+            .await
+            .map_err(|e| ServeError::Store(path.display().to_string(), e))?;
+    }
     let (tx, rx) = mpsc::channel(1024);
     let s2s = S2s::new(live.clone(), secret, tx).map_err(|e| ServeError::S2s(e.to_string()))?;
     let delivery = Delivery::new(live.clone(), store.clone(), s2s.clone());
@@ -454,6 +460,11 @@ fn changed_sections(a: &Config, b: &Config) -> Vec<&'static str> {
             format!("{:?}", b.import),
         ),
         ("imap", format!("{:?}", a.imap), format!("{:?}", b.imap)),
+        (
+            "gateway",
+            format!("{:?}", a.gateway),
+            format!("{:?}", b.gateway),
+        ),
     ];
     pairs
         .into_iter()

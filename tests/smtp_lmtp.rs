@@ -107,7 +107,8 @@ fn lmtp_two_local_users() {
 #[test]
 fn lmtp_remote_recipient_goes_over_xmpp() {
     let port = free_port("127.0.0.81");
-    let extra = format!("[smtp]\nlmtp = \"127.0.0.81:{port}\"\n");
+    // SRS off: a foreign sender is refused (tests/postfix_gateway.rs has SRS on).
+    let extra = format!("[smtp]\nlmtp = \"127.0.0.81:{port}\"\n\n[gateway]\nsrs = false\n");
     let (mut a, mut b) = pair("127.0.0.81", "127.0.0.82", &extra, "");
     a.start();
     b.start();
@@ -120,7 +121,8 @@ fn lmtp_remote_recipient_goes_over_xmpp() {
         "Via LMTP and XMPP.",
     );
     let path = write_msg(&a, &m);
-    // A foreign sender cannot be relayed over XMPP (the receiver checks the sender's domain).
+    // Without SRS a foreign sender cannot be relayed over XMPP (the receiver checks the
+    // sender's domain).
     let foreign = python(
         r#"
 import smtplib, sys

@@ -11,7 +11,7 @@ use tracing::{debug, info, warn};
 
 use super::dsn::{self, DsnRequest, FailedRecipient};
 use crate::addr::MailAddress;
-use crate::config::Config;
+use crate::config::{Config, PlainXmpp};
 use crate::live::Live;
 use crate::mta::payload::{
     self, Envelope, MailError, OutgoingMail, RcptStatus as ReceiptStatus, Receipt,
@@ -119,6 +119,50 @@ impl Delivery {
         match &self.router {
             Some(r) => r.takes_xmpp(domain).await,
             None => Err("no DNS resolver".into()),
+        }
+    }
+
+    /// Whether `domain` takes *mail* over XMPP (see [`super::route`]): a local domain, or
+    /// one with an XMPP server (route or SRV) that announces urn:xmpp:mta:0 in disco#info
+    /// (cached for an hour, shared with deliveries). `Ok(None)`: it has an XMPP server but
+    /// discovery gave no answer within `wait` (unreachable now). `Err`: DNS failed.
+    pub async fn takes_mail_over_xmpp(
+        &self,
+        domain: &str,
+        wait: Duration,
+    ) -> Result<Option<bool>, String> {
+        if self.cfg.get().is_local_domain(domain) {
+            return Ok(Some(true));
+        }
+        if !self.takes_xmpp(domain).await? {
+            return Ok(Some(false));
+        }
+        if let Some((yes, at)) = lock(&self.disco).get(domain)
+            && at.elapsed() < DISCO_TTL
+        {
+            return Ok(Some(*yes));
+        }
+        let Some(origin) = self.cfg.get().server.domains.first().cloned() else {
+            return Ok(None);
+        };
+        let probe = async {
+            let conn = self
+                .s2s
+                .stream(&origin, domain)
+                .await
+                .map_err(|e| e.to_string())?;
+            self.speaks_mta(&origin, domain, &conn).await
+        };
+        match tokio::time::timeout(wait, probe).await {
+            Ok(Ok(yes)) => Ok(Some(yes)),
+            Ok(Err(e)) => {
+                debug!(domain, error = %e, "service discovery failed");
+                Ok(None)
+            }
+            Err(_) => {
+                debug!(domain, "service discovery timed out");
+                Ok(None)
+            }
         }
     }
 
@@ -463,10 +507,20 @@ impl Delivery {
                     local_rcpts.push(r.clone());
                     continue;
                 }
-                // Legacy domains go to the smarthost in one transaction (see route.rs).
+                // Legacy domains go to the smarthost in one transaction (see route.rs);
+                // so do plain XMPP domains unless `[gateway] plain_xmpp = "xmpp-body"`.
                 if self.cfg.get().smtp.smarthost.is_some() {
                     if !reach.contains_key(&domain) {
-                        let v = self.takes_xmpp(&domain).await;
+                        let v = if self.cfg.get().gateway.plain_xmpp == PlainXmpp::Smarthost {
+                            match self.takes_mail_over_xmpp(&domain, DISCO_TIMEOUT).await {
+                                Ok(Some(v)) => Ok(v),
+                                // Unreachable now: the XMPP attempt below defers it.
+                                Ok(None) => Ok(true),
+                                Err(e) => Err(e),
+                            }
+                        } else {
+                            self.takes_xmpp(&domain).await
+                        };
                         reach.insert(domain.clone(), v);
                     }
                     match reach.get(&domain) {
@@ -608,7 +662,8 @@ impl Delivery {
             timeout: Duration::from_secs(self.cfg.get().smtp.smarthost_timeout_secs),
             helo: self.cfg.get().smtp_hostname().to_string(),
         };
-        match super::smtp_client::transaction(&ep, &item.sender, rcpts, body).await {
+        let body = with_trace(body, &ep.helo, &item.id, rcpts, crate::now());
+        match super::smtp_client::transaction(&ep, &item.sender, rcpts, &body).await {
             Ok(replies) => {
                 info!(id = %item.id, smarthost = %format!("{host}:{port}"), recipients = rcpts.len(), "smarthost transaction");
                 replies
@@ -1043,9 +1098,29 @@ impl Delivery {
         now: i64,
     ) -> Vec<Op> {
         let origin = origin_domain(&self.cfg.get(), item);
+        let Ok(mut sender) = MailAddress::parse(&item.sender) else {
+            return Vec::new();
+        };
+        // Relayed mail went out with an SRS0 sender of ours: the DSN goes to the original
+        // sender it stands for (a forged or expired one cannot occur here, we made it; if
+        // the key changed, the bounce is dropped with a log line rather than looping).
+        if self.cfg.get().is_local_domain(sender.domain()) {
+            match crate::srs::reverse_rcpt(&self.cfg.get(), &self.store, &sender) {
+                Some(Ok(orig)) => match MailAddress::parse(&orig) {
+                    Ok(o) => sender = o,
+                    Err(_) => return Vec::new(),
+                },
+                Some(Err(e)) => {
+                    warn!(id = %item.id, sender = %item.sender, error = %e, "cannot reverse the SRS sender of a failed mail; no DSN");
+                    return Vec::new();
+                }
+                None => {}
+            }
+        }
+        let original_sender = sender.to_string();
         let dsn = dsn::build_dsn(&DsnRequest {
             reporting_domain: &origin,
-            original_sender: &item.sender,
+            original_sender: &original_sender,
             original_mail_id: &item.id,
             arrival_date: item.created,
             failed,
@@ -1053,9 +1128,6 @@ impl Delivery {
             original_message: body,
             now,
         });
-        let Ok(sender) = MailAddress::parse(&item.sender) else {
-            return Vec::new();
-        };
         if self.cfg.get().is_local_domain(sender.domain())
             && !super::local::is_external(&self.cfg.get())
         {
@@ -1075,7 +1147,7 @@ impl Delivery {
                 recipients: vec![if self.cfg.get().is_local_domain(sender.domain()) {
                     sender.canonical()
                 } else {
-                    item.sender.clone()
+                    original_sender
                 }],
                 created: now,
                 next_attempt: now,
@@ -1084,6 +1156,38 @@ impl Delivery {
             })]
         }
     }
+}
+
+/// The message as relayed to the smarthost: with a Received field of ours on top when it
+/// has none at all (mail from `xmta send`, forwarded bounces; RFC 5321 §4.4). Mail that
+/// came in over SMTP, LMTP or XMPP already carries the one xmta added on receipt.
+fn with_trace<'a>(
+    body: &'a [u8],
+    host: &str,
+    id: &str,
+    rcpts: &[String],
+    now: i64,
+) -> std::borrow::Cow<'a, [u8]> {
+    for line in body.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            break;
+        }
+        if line.len() > 9 && line[..9].eq_ignore_ascii_case(b"received:") {
+            return std::borrow::Cow::Borrowed(body);
+        }
+    }
+    let for_clause = match rcpts {
+        [one] => format!("\r\n for <{one}>"),
+        _ => String::new(),
+    };
+    let mut out = format!(
+        "Received: by {host} (xmta) id {id}{for_clause};\r\n {}\r\n",
+        crate::rfc5322_date(now)
+    )
+    .into_bytes();
+    out.extend_from_slice(body);
+    std::borrow::Cow::Owned(out)
 }
 
 /// A `failed` recipient of a receipt as a permanent failure with its SMTP-style codes.

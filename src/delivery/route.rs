@@ -1,10 +1,10 @@
-//! Which domains take mail over XMPP, cached: the one rule the Postfix socketmap and the
-//! queue's smarthost decision share.
+//! Which domains have an XMPP server, cached: the first half of the rule the Postfix
+//! socketmap and the queue share (the second half, urn:xmpp:mta:0 in disco#info, is
+//! `Delivery::takes_mail_over_xmpp`). Plain XMPP domains go to the smarthost when one is
+//! set and `[gateway] plain_xmpp = "smarthost"`; otherwise they get body-only XMPP.
 //!
-//! A domain takes mail over XMPP when it has a `[s2s.routes]` entry or an SRV
-//! `_xmpp-server._tcp` record (other than the "." refusal). Whether it then speaks
-//! urn:xmpp:mta:0 or is a plain XMPP domain (body-only delivery, XEP-MTA §5.3) is the
-//! queue's business at delivery time: both are reached over XMPP. A domain without either
+//! A domain has an XMPP server when it has a `[s2s.routes]` entry (a static SRV) or an SRV
+//! `_xmpp-server._tcp` record (other than the "." refusal). A domain without either
 //! is a legacy mail domain: relayed to `[smtp] smarthost` when one is set. A failed DNS
 //! lookup decides nothing (the caller defers, the socketmap answers TEMP) and is not cached.
 

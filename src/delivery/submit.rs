@@ -195,7 +195,7 @@ pub enum RcptRefusal {
     UnknownLocal,
     #[error("relaying denied")]
     RelayDenied,
-    #[error("foreign senders cannot be relayed over XMPP yet")]
+    #[error("foreign senders cannot be relayed over XMPP (gateway.srs is off)")]
     ForeignSender,
     #[error("temporary store error: {0}")]
     Store(String),
@@ -203,8 +203,10 @@ pub enum RcptRefusal {
 
 /// Decides a recipient's route. `relay` says whether the client may send to other domains.
 /// Mail to other domains goes out over XMPP from a local domain, and the receiver checks
-/// that the envelope sender's domain is the authenticated sending domain; so only mail with
-/// a local or null sender can be queued (sender rewriting is for a later increment).
+/// that the envelope sender's domain is the authenticated sending domain; so mail with a
+/// foreign sender is queued with an SRS0 sender of ours (`[gateway] srs`), and refused when
+/// SRS is off. A recipient that is one of our SRS0 addresses (a bounce coming back) routes
+/// to the original sender; a forged or expired one is refused like an unknown user.
 pub fn route_rcpt(
     cfg: &Config,
     store: &Store,
@@ -214,6 +216,20 @@ pub fn route_rcpt(
 ) -> Result<Route, RcptRefusal> {
     let a = MailAddress::parse(rcpt).map_err(|e| RcptRefusal::Bad(e.to_string()))?;
     if cfg.is_local_domain(a.domain()) {
+        // A bounce to one of our SRS addresses goes on to the original sender.
+        match crate::srs::reverse_rcpt(cfg, store, &a) {
+            Some(Ok(orig)) => {
+                return match MailAddress::parse(&orig) {
+                    Ok(o) if !cfg.is_local_domain(o.domain()) => Ok(Route::Remote(orig)),
+                    _ => Err(RcptRefusal::UnknownLocal),
+                };
+            }
+            Some(Err(e)) => {
+                tracing::info!(rcpt, error = %e, "invalid SRS address refused");
+                return Err(RcptRefusal::UnknownLocal);
+            }
+            None => {}
+        }
         let c = a.canonical();
         return match store.user(&c) {
             Ok(Some(_)) => Ok(Route::Local(c)),
@@ -224,11 +240,9 @@ pub fn route_rcpt(
     if !relay {
         return Err(RcptRefusal::RelayDenied);
     }
-    if !sender.is_empty() {
-        match MailAddress::parse(sender) {
-            Ok(f) if cfg.is_local_domain(f.domain()) => {}
-            _ => return Err(RcptRefusal::ForeignSender),
-        }
+    // A foreign sender goes out as an SRS0 address of ours (`crate::srs`), if it can.
+    if crate::srs::outbound_sender(cfg, store, sender).is_none() {
+        return Err(RcptRefusal::ForeignSender);
     }
     Ok(Route::Remote(a.to_string()))
 }
@@ -340,7 +354,11 @@ pub async fn accept_with(
     let queue_id = if queued.is_empty() {
         None
     } else {
-        let origin = MailAddress::parse(&inbound.sender)
+        // Foreign senders go out rewritten (SRS0 in a local domain, see `crate::srs`).
+        let sender = crate::srs::outbound_sender(cfg, store, &inbound.sender).ok_or_else(|| {
+            SubmitError::ForeignSender(inbound.sender.clone(), cfg.server.domains.join(", "))
+        })?;
+        let origin = MailAddress::parse(&sender)
             .ok()
             .map(|a| a.domain().to_string())
             .filter(|d| cfg.is_local_domain(d))
@@ -350,7 +368,7 @@ pub async fn accept_with(
         ops.push(Op::Enqueue(NewQueueItem {
             id: id.clone(),
             origin,
-            sender: inbound.sender.clone(),
+            sender,
             recipients: queued,
             created: now,
             next_attempt: now,

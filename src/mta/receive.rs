@@ -21,7 +21,7 @@ use crate::addr::MailAddress;
 use crate::registry::RegistryMark;
 use crate::s2s::InboundEvent;
 use crate::server::Core;
-use crate::store::{DedupeKey, LocalDelivery};
+use crate::store::{DedupeKey, LocalDelivery, NewQueueItem, Op};
 use crate::xml::ns;
 use crate::xml::writer::escape_attr;
 
@@ -594,8 +594,19 @@ fn deliver(core: Arc<Core>, origin: &Origin, mail_id: String, env: Envelope, dat
         let mut receipts: Vec<RcptReceipt> = Vec::new();
         let mut known = Vec::new();
         let mut canon_of: Vec<(String, String)> = Vec::new();
+        // (envelope recipient, original sender) for bounces to our SRS0 addresses.
+        let mut forwards: Vec<(String, String)> = Vec::new();
         for r in &env.rcpt_to {
             match MailAddress::parse(r) {
+                Ok(a) if crate::srs::is_srs(a.local()) => {
+                    match crate::srs::reverse_rcpt(&core.cfg.get(), &core.store, &a) {
+                        Some(Ok(orig)) => forwards.push((r.clone(), orig)),
+                        _ => {
+                            info!(%from_domain, rcpt = %r, "invalid SRS address refused");
+                            receipts.push(failed(r, "550", "5.1.1", "Invalid SRS address"))
+                        }
+                    }
+                }
                 Ok(a) => {
                     let c = a.canonical();
                     match core.store.user(&c) {
@@ -621,7 +632,7 @@ fn deliver(core: Arc<Core>, origin: &Origin, mail_id: String, env: Envelope, dat
                 }),
                 recipients: known,
                 folder: "INBOX".into(),
-                message: message.into(),
+                message: message.clone().into(),
                 internal_date: now,
                 flags: Vec::new(),
             };
@@ -652,7 +663,21 @@ fn deliver(core: Arc<Core>, origin: &Origin, mail_id: String, env: Envelope, dat
                     .filter(|(_, o)| matches!(o, LocalOutcome::Stored))
                     .count(),
             );
-            info!(%from_domain, %mail_id, size = data.len(), recipients = n, "mail stored");
+            info!(%from_domain, %mail_id, sender = %env.mail_from, size = data.len(), recipients = n, "mail stored");
+        }
+        if !forwards.is_empty() {
+            receipts.extend(
+                forward_srs(
+                    &core,
+                    &from_domain,
+                    &to_domain,
+                    &env,
+                    &forwards,
+                    &message,
+                    now,
+                )
+                .await,
+            );
         }
         // Keep the receipt in envelope order.
         receipts.sort_by_key(|r| {
@@ -670,6 +695,58 @@ fn deliver(core: Arc<Core>, origin: &Origin, mail_id: String, env: Envelope, dat
             warn!(%from_domain, %mail_id, error = %e, "could not send receipt; the sender will retry and get it then");
         }
     });
+}
+
+/// Queues a mail to our SRS0 addresses (a bounce of relayed mail) for the original senders
+/// in one durable transaction, and answers each such recipient: stored once queued.
+async fn forward_srs(
+    core: &Arc<Core>,
+    from_domain: &str,
+    to_domain: &str,
+    env: &Envelope,
+    forwards: &[(String, String)],
+    message: &[u8],
+    now: i64,
+) -> Vec<RcptReceipt> {
+    // A non-null sender of ours is kept; a foreign one is rewritten in turn.
+    let Some(sender) = crate::srs::outbound_sender(&core.cfg.get(), &core.store, &env.mail_from)
+    else {
+        return forwards
+            .iter()
+            .map(|(r, _)| failed(r, "550", "5.7.1", "Cannot forward for this sender"))
+            .collect();
+    };
+    let mut rcpts: Vec<String> = Vec::new();
+    for (_, o) in forwards {
+        if !rcpts.contains(o) {
+            rcpts.push(o.clone());
+        }
+    }
+    let id = crate::new_mail_id();
+    let op = Op::Enqueue(NewQueueItem {
+        id: id.clone(),
+        origin: to_domain.to_string(),
+        sender,
+        recipients: rcpts,
+        created: now,
+        next_attempt: now,
+        expires: now + core.cfg.get().delivery.expire_secs as i64,
+        message: bytes::Bytes::copy_from_slice(message),
+    });
+    match core.store.apply(vec![op]).await {
+        Ok(_) => {
+            core.delivery.schedule(&id, now);
+            info!(%from_domain, queue_id = %id, recipients = forwards.len(), "mail to SRS addresses queued for the original senders");
+            forwards.iter().map(|(r, _)| stored(r, false)).collect()
+        }
+        Err(e) => {
+            warn!(error = %e, "could not queue an SRS forward");
+            forwards
+                .iter()
+                .map(|(r, _)| deferred(r, "Queue temporarily unavailable"))
+                .collect()
+        }
+    }
 }
 
 /// The Authentication-Results and Received fields prepended to the stored copy

@@ -634,7 +634,7 @@ impl Session {
                     Err(RcptRefusal::ForeignSender) => reply(
                         550,
                         "5.7.1",
-                        "foreign senders cannot be relayed over XMPP yet",
+                        "foreign senders cannot be relayed over XMPP (SRS is off)",
                     ),
                     Err(RcptRefusal::Store(e)) => {
                         warn!(error = %e, "smtp: store error at RCPT");
