@@ -3,9 +3,10 @@
 //! [`Live`] is a shared handle to the current [`Config`] (an `arc_swap::ArcSwap`): the hot
 //! paths take a snapshot (`get()`, one atomic reference count) per connection, per
 //! transaction or per stanza, so a reload never blocks them and a connection never sees a
-//! half-applied config. [`restart_only`] is the one list of keys that a reload cannot
-//! change in a running process (listeners, the store, TLS material, resolvers): a reload
-//! keeps their running values, so what `get()` returns is always what is really in force.
+//! half-applied config. [`RESTART_ONLY`] is the one list of keys that a reload cannot
+//! change in a running process (listeners, the store, TLS settings, resolvers, pools sized
+//! at start): [`restart_only`] keeps their running values, so what `get()` returns is
+//! always what is really in force. [`LIVE`] lists the rest; every key is in one of them.
 //!
 //! [`Slots`] counts connections against a limit read from the live config at each accept,
 //! so `max_connections` keys change live too (a lower limit refuses new connections until
@@ -44,66 +45,141 @@ impl std::fmt::Debug for Live {
     }
 }
 
-/// Copies into `new` the running value of every key that needs a restart, and names the
-/// ones whose value in `new` differed (so the reload can say they are not applied).
-///
-/// Everything not listed here is read from the live config where it is used and takes
-/// effect on reload (see the module doc of `crate::server` for the list and its rules).
-pub fn restart_only(running: &Config, new: &mut Config) -> Vec<&'static str> {
-    let mut changed = Vec::new();
-    macro_rules! keep {
-        ($($name:literal => $($field:ident).+;)*) => {$(
-            if format!("{:?}", running.$($field).+) != format!("{:?}", new.$($field).+) {
-                changed.push($name);
-                new.$($field).+ = running.$($field).+.clone();
-            }
-        )*};
-    }
-    keep! {
-        "server.domains" => server.domains;
-        "server.data_dir" => server.data_dir;
-        "server.admin_socket" => server.admin_socket;
-        "s2s.listen" => s2s.listen;
-        "s2s.tls_listen" => s2s.tls_listen;
-        "s2s.tls" => s2s.tls;
-        "s2s.cert" => s2s.cert;
-        "s2s.key" => s2s.key;
-        "s2s.ca" => s2s.ca;
-        "dns.nameservers" => dns.nameservers;
-        "delivery.concurrency" => delivery.concurrency;
-        "log.format" => log.format;
-        "smtp.listen" => smtp.listen;
-        "smtp.lmtp" => smtp.lmtp;
-        "smtp.submission" => smtp.submission;
-        "smtp.submissions" => smtp.submissions;
-        "smtp.hostname" => smtp.hostname;
-        "smtp.cert" => smtp.cert;
-        "smtp.key" => smtp.key;
-        "smtp.verify" => smtp.verify;
-        "smtp.verify_timeout_secs" => smtp.verify_timeout_secs;
-        "smtp.auth_max_failures" => smtp.auth_max_failures;
-        "smtp.auth_failure_window_secs" => smtp.auth_failure_window_secs;
-        "component" => component;
-        "registry.zone" => registry.zone;
-        "registry.nameservers" => registry.nameservers;
-        "registry.min_ttl_secs" => registry.min_ttl_secs;
-        "registry.max_ttl_secs" => registry.max_ttl_secs;
-        "registry.timeout_secs" => registry.timeout_secs;
-        "postfix.socketmap" => postfix.socketmap;
-        "postfix.max_connections" => postfix.max_connections;
-        "metrics.listen" => metrics.listen;
-        "metrics.max_connections" => metrics.max_connections;
-        "imap.listen" => imap.listen;
-        "imap.tls_listen" => imap.tls_listen;
-        "imap.cert" => imap.cert;
-        "imap.key" => imap.key;
-        "imap.max_login_failures" => imap.max_login_failures;
-        "imap.login_failure_window_secs" => imap.login_failure_window_secs;
-        "gateway.srs" => gateway.srs;
-        "gateway.srs_secret" => gateway.srs_secret;
-    }
-    changed
+/// Declares the restart-only keys once: their names ([`RESTART_ONLY`]) and the copy
+/// ([`restart_only`]).
+macro_rules! restart_keys {
+    ($($name:literal => $($field:ident).+;)*) => {
+        /// The keys a reload cannot change (a whole section when named without a key).
+        pub const RESTART_ONLY: &[&str] = &[$($name),*];
+
+        /// Copies into `new` the running value of every key that needs a restart, and
+        /// names the ones whose value in `new` differed (so the reload can say they are
+        /// not applied). Everything else is read from the live config where it is used
+        /// and takes effect on reload ([`LIVE`]; rules in the module doc of
+        /// `crate::server`).
+        pub fn restart_only(running: &Config, new: &mut Config) -> Vec<&'static str> {
+            let mut changed = Vec::new();
+            $(
+                if format!("{:?}", running.$($field).+) != format!("{:?}", new.$($field).+) {
+                    changed.push($name);
+                    new.$($field).+ = running.$($field).+.clone();
+                }
+            )*
+            changed
+        }
+    };
 }
+
+restart_keys! {
+    "server.domains" => server.domains;
+    "server.data_dir" => server.data_dir;
+    "server.admin_socket" => server.admin_socket;
+    "s2s.listen" => s2s.listen;
+    "s2s.tls_listen" => s2s.tls_listen;
+    "s2s.tls" => s2s.tls;
+    "s2s.cert" => s2s.cert;
+    "s2s.key" => s2s.key;
+    "s2s.ca" => s2s.ca;
+    "dns.nameservers" => dns.nameservers;
+    "delivery.concurrency" => delivery.concurrency;
+    "log.format" => log.format;
+    "smtp.listen" => smtp.listen;
+    "smtp.lmtp" => smtp.lmtp;
+    "smtp.submission" => smtp.submission;
+    "smtp.submissions" => smtp.submissions;
+    "smtp.hostname" => smtp.hostname;
+    "smtp.cert" => smtp.cert;
+    "smtp.key" => smtp.key;
+    "smtp.verify" => smtp.verify;
+    "smtp.verify_timeout_secs" => smtp.verify_timeout_secs;
+    "smtp.auth_max_failures" => smtp.auth_max_failures;
+    "smtp.auth_failure_window_secs" => smtp.auth_failure_window_secs;
+    "component" => component;
+    "registry.zone" => registry.zone;
+    "registry.nameservers" => registry.nameservers;
+    "registry.min_ttl_secs" => registry.min_ttl_secs;
+    "registry.max_ttl_secs" => registry.max_ttl_secs;
+    "registry.timeout_secs" => registry.timeout_secs;
+    "postfix.socketmap" => postfix.socketmap;
+    "postfix.max_connections" => postfix.max_connections;
+    "metrics.listen" => metrics.listen;
+    "metrics.max_connections" => metrics.max_connections;
+    "imap.listen" => imap.listen;
+    "imap.tls_listen" => imap.tls_listen;
+    "imap.cert" => imap.cert;
+    "imap.key" => imap.key;
+    "imap.max_login_failures" => imap.max_login_failures;
+    "imap.login_failure_window_secs" => imap.login_failure_window_secs;
+    "gateway.srs" => gateway.srs;
+    "gateway.srs_secret" => gateway.srs_secret;
+}
+
+/// The keys a reload puts in force (a whole section when named without a key). Every key
+/// is in this list or in [`RESTART_ONLY`] (a unit test checks it against the default
+/// config): a new key must be placed in one of them, by whether the code that uses it
+/// reads the live config.
+pub const LIVE: &[&str] = &[
+    "log.level",
+    "s2s.routes",
+    "s2s.auth",
+    "s2s.allow",
+    "s2s.deny",
+    "s2s.max_stanza_bytes",
+    "s2s.max_connections",
+    "s2s.max_connections_per_ip",
+    "s2s.idle_timeout_secs",
+    "s2s.handshake_timeout_secs",
+    "s2s.connect_timeout_secs",
+    "s2s.peer_messages_per_minute",
+    "s2s.peer_messages_burst",
+    "s2s.peer_bytes_per_minute",
+    "s2s.peer_bytes_burst",
+    "delivery.retry_initial_secs",
+    "delivery.retry_max_secs",
+    "delivery.expire_secs",
+    "delivery.receipt_timeout_secs",
+    "delivery.max_message_bytes",
+    "delivery.max_recipients",
+    "delivery.dedupe_days",
+    "delivery.local",
+    "delivery.local_timeout_secs",
+    "smtp.trusted_networks",
+    "smtp.max_connections",
+    "smtp.idle_timeout_secs",
+    "smtp.submission_plaintext_loopback",
+    "smtp.auth_failure_delay_ms",
+    "smtp.dmarc_reject",
+    "smtp.downgrade",
+    "smtp.max_line_bytes",
+    "smtp.greeting_delay_ms",
+    "smtp.max_errors",
+    "smtp.smarthost",
+    "smtp.smarthost_tls",
+    "smtp.smarthost_allow_invalid_certs",
+    "smtp.smarthost_timeout_secs",
+    "imap.allow_plaintext_auth",
+    "imap.max_connections",
+    "imap.max_command_line",
+    "imap.max_literal_bytes",
+    "imap.idle_timeout_secs",
+    "imap.max_search_depth",
+    "registry.policy",
+    "registry.overrides",
+    "registry.bind_ip",
+    "postfix.map_name",
+    "postfix.transport",
+    "postfix.cache_secs",
+    "postfix.negative_cache_secs",
+    "postfix.max_request_bytes",
+    "postfix.idle_timeout_secs",
+    "gateway.plain_xmpp",
+    "gateway.srs_max_age_days",
+    "gateway.socketmap_disco_timeout_secs",
+    // Read only by commands (`xmta dns-records`, `check`, `import`) or at shutdown.
+    "public",
+    "shutdown",
+    "import",
+];
 
 /// A count of open connections held against a limit given at each take.
 #[derive(Debug, Default)]
@@ -158,6 +234,42 @@ mod tests {
         drop(a);
         assert_eq!(s.in_use(), 1);
         assert!(s.try_take(2).is_some());
+    }
+
+    /// Every key of the default config (set or commented out) is classified, once.
+    #[test]
+    fn every_key_is_live_or_restart_only() {
+        let covers = |list: &[&str], key: &str| {
+            list.iter()
+                .any(|k| *k == key || key.starts_with(&format!("{k}.")))
+        };
+        let mut section = String::new();
+        let mut seen = 0;
+        for line in crate::config::DEFAULT_CONFIG.lines() {
+            let l = line.trim_start_matches('#').trim();
+            if let Some(s) = l.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
+                section = s.to_string();
+                continue;
+            }
+            let Some((k, _)) = l.split_once('=') else {
+                continue;
+            };
+            let k = k.trim();
+            if section.is_empty()
+                || k.is_empty()
+                || !k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+            {
+                continue;
+            }
+            let key = format!("{section}.{k}");
+            let (live, restart) = (covers(LIVE, &key), covers(RESTART_ONLY, &key));
+            assert!(
+                live != restart,
+                "{key}: put it in exactly one of live::LIVE and restart_keys! (live: {live}, restart-only: {restart})"
+            );
+            seen += 1;
+        }
+        assert!(seen > 90, "only {seen} keys found in the default config");
     }
 
     #[test]
