@@ -85,9 +85,9 @@ fn deny_a_peer_domain_by_sighup() {
     assert!(b.mailbox("bob@b.test").is_empty());
 }
 
-/// SMTP limits and trusted networks by SIGHUP: a session opened afterwards gets the new
-/// replies, a session open across the reload keeps working and gets the new values at its
-/// next transaction.
+/// SMTP limits, connection limit and trusted networks by SIGHUP: a session opened
+/// afterwards gets the new replies, a session open across the reload keeps working and
+/// gets the new values at its next transaction.
 #[test]
 fn smtp_limits_and_trusted_networks_by_sighup() {
     let (mut x, smtp) = smtp_server("b.test", "127.0.2.5", "");
@@ -115,6 +115,7 @@ fn smtp_limits_and_trusted_networks_by_sighup() {
     assert_eq!(s.cmd("MAIL FROM:<>").0, 250);
     assert_eq!(s.cmd("RCPT TO:<someone@c.test>").0, 250);
     assert_eq!(s.cmd("QUIT").0, 221);
+    assert!(s.closed_within(5), "{}", s.log);
 
     reload(
         &x,
@@ -124,12 +125,17 @@ fn smtp_limits_and_trusted_networks_by_sighup() {
     reload(
         &x,
         "verify = false\n",
-        "verify = false\ntrusted_networks = [\"10.0.0.0/8\"]\n",
+        "verify = false\ntrusted_networks = [\"10.0.0.0/8\"]\nmax_connections = 2\n",
     );
     let log = x.log();
     assert!(!log.contains("takes effect only after a restart"), "{log}");
 
     let mut s = SmtpRaw::connect(smtp);
+    // `old` and `s` are the two connections `max_connections = 2` allows now.
+    let mut third = SmtpRaw::connect_quiet(smtp);
+    let (code, text) = third.reply(10).expect("a reply");
+    assert_eq!(code, 421, "{text}");
+    assert!(text.contains("4.3.2"), "{text}");
     let (code, ehlo) = s.cmd("EHLO client.test");
     assert_eq!(code, 250);
     assert!(ehlo.contains("SIZE 2000"), "{ehlo}");
