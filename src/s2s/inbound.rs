@@ -35,7 +35,8 @@ struct Verified {
 struct Inbound {
     s2s: Arc<S2s>,
     /// The config in force when the connection was accepted: its limits, timeouts and
-    /// `[s2s] auth` hold for the whole stream (only `allow`/`deny` are read live).
+    /// `[s2s] auth` hold for the whole stream (`allow`/`deny` and the registry policy are
+    /// read live, per stanza).
     cfg: Arc<crate::config::Config>,
     peer: SocketAddr,
     stream_no: u64,
