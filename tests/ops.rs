@@ -476,12 +476,13 @@ fn backup_while_mail_flows_then_restore_into_fresh_dir() {
     )
     .unwrap();
     c.start();
-    let log = c.log();
-    let ready = log
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["fields"]["message"] == "xmta ready");
-    assert!(ready.is_some(), "no JSON 'xmta ready' line in:\n{log}");
+    // `start` returns once the admin socket answers, a moment before the ready line.
+    c.wait_for("a JSON 'xmta ready' line", 10, || {
+        c.log()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .any(|v| v["fields"]["message"] == "xmta ready")
+    });
     let restored = subjects(&c, "bob@b.test");
     assert_eq!(restored.len(), n, "restored {restored:?}, backup said {n}");
     let set: BTreeSet<String> = restored.iter().cloned().collect();
