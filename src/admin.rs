@@ -393,7 +393,7 @@ async fn handle(core: Arc<Core>, sock: UnixStream) -> std::io::Result<()> {
     while let Some(line) = lines.next_line().await? {
         let _busy = InFlight::start();
         let resp = match serde_json::from_str::<Request>(&line) {
-            Ok(req) => execute(&core.cfg, &core.store, Some(&core.delivery), req).await,
+            Ok(req) => execute(&core.cfg.get(), &core.store, Some(&core.delivery), req).await,
             Err(e) => Response::err(format!("bad request: {e}")),
         };
         let mut out = serde_json::to_string(&resp).unwrap_or_else(|_| "{\"ok\":false}".into());

@@ -1738,3 +1738,11 @@ impl Default for ImapConfig {
         }
     }
 }
+
+impl Config {
+    /// Validates a config assembled by a reload (the new file's live keys with the running
+    /// restart-only ones, see `crate::live::restart_only`): the mix must hold together too.
+    pub fn revalidate(&mut self) -> Result<(), ConfigError> {
+        self.validate()
+    }
+}

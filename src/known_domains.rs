@@ -75,11 +75,17 @@ fn normalize(domain: &str) -> String {
     domain.trim_end_matches('.').to_ascii_lowercase()
 }
 
+/// Changes how long evidence is remembered (SIGHUP); entries already forgotten at start
+/// are not brought back.
+pub fn set_memory_days(memory_days: u32) {
+    MAX_AGE.store(i64::from(memory_days) * 86_400, Ordering::Relaxed);
+}
+
 /// Loads the remembered domains (those seen within `memory_days`; 0: all). Called by
 /// `xmta serve` at start; returns how many were loaded.
 pub fn start(store: &Store, memory_days: u32) -> Result<usize, String> {
-    let max_age = i64::from(memory_days) * 86_400;
-    MAX_AGE.store(max_age, Ordering::Relaxed);
+    set_memory_days(memory_days);
+    let max_age = MAX_AGE.load(Ordering::Relaxed);
     let now = crate::now();
     let mut n = 0;
     {

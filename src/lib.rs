@@ -11,7 +11,8 @@
 //! - `registry`: registered servers (RFC 5782-style DNS zone) asked for authenticated peers.
 //! - `smtp`: SMTP (MX role), submission and LMTP listeners.
 //! - `known_domains`: domains known to send mail over XMPP (SMTP downgrade protection).
-//! - `server`, `admin`, `cli`: running it and talking to it.
+//! - `server`, `admin`, `cli`: running it and talking to it; `live`: the config handle
+//!   SIGHUP swaps.
 
 pub mod addr;
 pub mod admin;
@@ -20,6 +21,7 @@ pub mod config;
 pub mod delivery;
 pub mod imap;
 pub mod known_domains;
+pub mod live;
 pub mod metrics;
 pub mod mta;
 pub mod ops;

@@ -42,7 +42,7 @@ enum NetstringError {
 
 /// Accepts socketmap connections until the process ends.
 pub async fn serve(core: Arc<Core>, listener: TcpListener) {
-    let slots = Arc::new(Semaphore::new(core.cfg.postfix.max_connections));
+    let slots = Arc::new(Semaphore::new(core.cfg.get().postfix.max_connections));
     loop {
         let (sock, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -71,11 +71,11 @@ pub async fn serve(core: Arc<Core>, listener: TcpListener) {
 async fn session(core: &Core, sock: TcpStream) -> Result<(), NetstringError> {
     let (r, mut w) = sock.into_split();
     let mut r = BufReader::new(r);
-    let idle = Duration::from_secs(core.cfg.postfix.idle_timeout_secs);
+    let idle = Duration::from_secs(core.cfg.get().postfix.idle_timeout_secs);
     loop {
         let req = match tokio::time::timeout(
             idle,
-            read_netstring(&mut r, core.cfg.postfix.max_request_bytes),
+            read_netstring(&mut r, core.cfg.get().postfix.max_request_bytes),
         )
         .await
         {
@@ -150,19 +150,19 @@ async fn answer(core: &Core, req: &[u8]) -> String {
     let Some((name, key)) = req.split_once(' ') else {
         return "PERM expected \"NAME KEY\"".into();
     };
-    if name != core.cfg.postfix.map_name {
+    if name != core.cfg.get().postfix.map_name {
         return format!("PERM no such map `{name}` here");
     }
     let Some(domain) = key_domain(key) else {
         return "NOTFOUND ".into();
     };
-    let Some(transport) = core.cfg.postfix_transport() else {
+    let Some(transport) = core.cfg.get().postfix_transport() else {
         return "PERM no transport configured".into();
     };
-    if core.cfg.is_local_domain(&domain) {
+    if core.cfg.get().is_local_domain(&domain) {
         return format!("OK {transport}");
     }
-    if core.cfg.gateway.plain_xmpp == crate::config::PlainXmpp::XmppBody {
+    if core.cfg.get().gateway.plain_xmpp == crate::config::PlainXmpp::XmppBody {
         return match core.delivery.takes_xmpp(&domain).await {
             Ok(true) => format!("OK {transport}"),
             Ok(false) => "NOTFOUND ".into(),
@@ -172,7 +172,7 @@ async fn answer(core: &Core, req: &[u8]) -> String {
     // Only domains that take mail over XMPP go to xmta; plain XMPP domains stay with
     // Postfix's SMTP. Discovery not answered in time: the SRV record decides (OK), and
     // xmta's queue decides again at delivery time.
-    let wait = Duration::from_secs(core.cfg.gateway.socketmap_disco_timeout_secs);
+    let wait = Duration::from_secs(core.cfg.get().gateway.socketmap_disco_timeout_secs);
     match core.delivery.takes_mail_over_xmpp(&domain, wait).await {
         Ok(Some(true)) | Ok(None) => format!("OK {transport}"),
         Ok(Some(false)) => "NOTFOUND ".into(),

@@ -28,7 +28,7 @@ use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::{RData, RecordType};
 use tracing::{debug, error, info, warn};
 
-use crate::config::{Config, RegistryPolicy};
+use crate::config::RegistryPolicy;
 
 /// How long a failed lookup is remembered, so a dead registry is not asked for every
 /// stanza; short, so mail flows soon after it answers again.
@@ -122,7 +122,9 @@ pub enum RegistryMark {
 
 /// The registry client: a resolver of its own (own nameservers, TTL bounds, timeout).
 pub struct Registry {
-    cfg: Arc<Config>,
+    /// `policy`, `overrides` and `bind_ip` are read from here at each decision (SIGHUP
+    /// changes them); the zone and the resolver's settings are fixed at start.
+    cfg: crate::live::Live,
     zone: String,
     dns: TokioResolver,
     failures: std::sync::Mutex<HashMap<String, (Instant, String)>>,
@@ -130,7 +132,8 @@ pub struct Registry {
 
 impl Registry {
     /// None when `[registry] zone` is not set.
-    pub fn new(cfg: Arc<Config>) -> Result<Option<Arc<Registry>>, RegistryError> {
+    pub fn new(live: crate::live::Live) -> Result<Option<Arc<Registry>>, RegistryError> {
+        let cfg = live.get();
         let Some(zone) = cfg.registry.zone.clone() else {
             return Ok(None);
         };
@@ -169,7 +172,7 @@ impl Registry {
             .build()
             .map_err(|e| RegistryError::Setup(e.to_string()))?;
         Ok(Some(Arc::new(Registry {
-            cfg,
+            cfg: live,
             zone,
             dns,
             failures: std::sync::Mutex::new(HashMap::new()),
@@ -257,7 +260,7 @@ impl Registry {
     async fn lookup_uncached(&self, domain: &str, ip: Option<IpAddr>) -> Result<Listing, String> {
         let name = format!("{domain}.{}", self.zone);
         let by_domain = self.query_a(&name).await?.unwrap_or(Status::NotRegistered);
-        let (status, name, bound) = match (self.cfg.registry.bind_ip, ip) {
+        let (status, name, bound) = match (self.cfg.get().registry.bind_ip, ip) {
             (true, Some(ip)) if by_domain != Status::Suspended => {
                 let bound = format!("{domain}.{}.{}", reversed(ip), self.zone);
                 let by_ip = self.query_a(&bound).await?.unwrap_or(Status::NotRegistered);
@@ -287,7 +290,7 @@ impl Registry {
 
     /// The policy decision for peer `domain` connecting from `ip`.
     pub async fn decide(&self, domain: &str, ip: Option<IpAddr>) -> Decision {
-        let Some(policy) = self.cfg.registry_policy(domain) else {
+        let Some(policy) = self.cfg.get().registry_policy(domain) else {
             return Decision::Accept(None);
         };
         match self.lookup(domain, ip).await {

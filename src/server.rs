@@ -7,15 +7,52 @@
 //! commit waits for every write queued before it; then the process exits 0. Mail that was
 //! not acknowledged yet is still the sender's (it retries), so nothing acknowledged is lost.
 //!
-//! SIGHUP re-reads the config file: `log.level` takes effect at once; changes to any other
-//! section are reported in the log as needing a restart (listeners, routes, limits and
-//! timers are fixed at start).
+//! Reload (SIGHUP): the config file is read and validated again, and put in force without
+//! dropping a connection or touching the store. Design:
+//! - One shared handle, [`crate::live::Live`] (an `arc_swap::ArcSwap<Config>`), is what
+//!   every part holds instead of a fixed config (`Core::cfg`, `S2s`, `Delivery`, the
+//!   registry, the resolvers). A reload swaps the whole `Config` at once; readers take a
+//!   snapshot (`get()`, one atomic reference count, never a lock) where a value is used.
+//! - Where the snapshot is taken decides when a change counts: per inbound s2s connection
+//!   (stanza size, idle and handshake timeouts, `[s2s] auth`), per stanza (`[s2s]
+//!   allow`/`deny`, so a newly denied peer's open streams end at their next stanza with
+//!   policy-violation and its mail stays queued at the sender; the registry policy and
+//!   overrides; the per-peer rate limits, whose buckets keep their tokens), per outbound
+//!   stream (`[s2s.routes]`: a pooled stream opened under another route is not reused, the
+//!   next delivery dials the new next hop and the old stream closes when idle), per SMTP
+//!   session and again at each MAIL (size and recipient limits, `trusted_networks`,
+//!   `downgrade`, `max_errors`, line length, timeouts), per IMAP connection, per delivery
+//!   attempt (retry timers, receipt timeout, expiry of new mail, smarthost and its TLS
+//!   settings, `[delivery] local`), per accept (`max_connections` of s2s, SMTP and IMAP,
+//!   `[s2s] max_connections_per_ip`: a lower limit refuses new connections, cuts none).
+//! - Keys that a running process cannot change keep their running values, so the handle
+//!   always holds what is really in force: [`crate::live::restart_only`] copies them from
+//!   the running config into the new one and each differing key is logged by name as
+//!   "takes effect only after a restart". They are the listeners and addresses
+//!   (`s2s.listen`, `s2s.tls_listen`, `smtp.listen`/`lmtp`/`submission`/`submissions`,
+//!   `imap.listen`/`tls_listen`, `postfix.socketmap`, `metrics.listen`), the store and names
+//!   (`server.domains`, `server.data_dir`, `server.admin_socket`, `smtp.hostname`,
+//!   `component`), TLS settings (`s2s.tls`, the certificate paths `s2s.cert`/`key`/`ca`,
+//!   `smtp.cert`/`key`, `imap.cert`/`key`), what resolvers and limiters are built from
+//!   (`dns.nameservers`, `registry.zone`/`nameservers`/`min_ttl_secs`/`max_ttl_secs`/
+//!   `timeout_secs`, `smtp.verify`/`verify_timeout_secs`, `smtp.auth_max_failures`/
+//!   `auth_failure_window_secs`, `imap.max_login_failures`/`login_failure_window_secs`),
+//!   pools sized at start (`delivery.concurrency`, `postfix.max_connections`,
+//!   `metrics.max_connections`), the SRS key made at start (`gateway.srs`,
+//!   `gateway.srs_secret`) and `log.format`.
+//! - The mixed config (new live keys, running restart-only ones) is validated again; a file
+//!   that does not load or a mix that does not hold (e.g. `registry.policy = "require"`
+//!   with a `registry.zone` the running process does not have) changes nothing and is
+//!   logged as an error. `log.level` changes the log filter at once.
+//! - The certificate files in use are read again (same paths): a renewed certificate is
+//!   presented from the next TLS handshake on (s2s both ways, SMTP, IMAP); a file that does
+//!   not load, or a key that does not match, leaves the certificate in use.
 
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
 use crate::delivery::Delivery;
@@ -25,7 +62,8 @@ use crate::store::{Op, OpResult, Store};
 
 /// What every part of a running server shares.
 pub struct Core {
-    pub cfg: Arc<Config>,
+    /// The configuration in force; SIGHUP swaps it (see the module doc).
+    pub cfg: crate::live::Live,
     pub store: Store,
     pub s2s: Arc<S2s>,
     pub delivery: Arc<Delivery>,
@@ -110,7 +148,8 @@ async fn serve_inner(cfg: Config, reload: Option<Reload>) -> Result<(), ServeErr
     let mut term = watch(SignalKind::terminate())?;
     let mut int = watch(SignalKind::interrupt())?;
     let mut hup = watch(SignalKind::hangup())?;
-    let cfg = Arc::new(cfg);
+    let live = crate::live::Live::new(cfg);
+    let cfg = live.get();
     let dir = &cfg.server.data_dir;
     std::fs::create_dir_all(dir)
         .map_err(|e| ServeError::DataDir(dir.display().to_string(), e.to_string()))?;
@@ -131,10 +170,10 @@ async fn serve_inner(cfg: Config, reload: Option<Reload>) -> Result<(), ServeErr
         Err(e) => return Err(ServeError::Store(path.display().to_string(), e)),
     }
     let (tx, rx) = mpsc::channel(1024);
-    let s2s = S2s::new(cfg.clone(), secret, tx).map_err(|e| ServeError::S2s(e.to_string()))?;
-    let delivery = Delivery::new(cfg.clone(), store.clone(), s2s.clone());
+    let s2s = S2s::new(live.clone(), secret, tx).map_err(|e| ServeError::S2s(e.to_string()))?;
+    let delivery = Delivery::new(live.clone(), store.clone(), s2s.clone());
     let core = Arc::new(Core {
-        cfg: cfg.clone(),
+        cfg: live.clone(),
         store,
         s2s: s2s.clone(),
         delivery: delivery.clone(),
@@ -219,8 +258,12 @@ async fn serve_inner(cfg: Config, reload: Option<Reload>) -> Result<(), ServeErr
     for l in tls_listeners {
         acceptors.push(tokio::spawn(s2s.clone().serve_direct_tls(l)));
     }
-    let smtp_slots = Arc::new(tokio::sync::Semaphore::new(cfg.smtp.max_connections));
+    let smtp_slots = crate::live::Slots::new();
     let smtp_shared = Arc::new(crate::smtp::Shared::new(&cfg).map_err(ServeError::Smtp)?);
+    // The certificates SIGHUP re-reads.
+    let mut certs: Vec<Arc<crate::s2s::tls::LiveCert>> = Vec::new();
+    certs.extend(s2s.tls.cert.clone());
+    certs.extend(smtp_shared.cert.clone());
     for (l, mode) in smtp_listeners {
         acceptors.push(tokio::spawn(crate::smtp::serve(
             core.clone(),
@@ -243,6 +286,7 @@ async fn serve_inner(cfg: Config, reload: Option<Reload>) -> Result<(), ServeErr
     if !imap_listeners.is_empty() {
         let imap =
             crate::imap::Imap::new(core.clone()).map_err(|e| ServeError::Imap(e.to_string()))?;
+        certs.extend(imap.cert.clone());
         for (l, tls) in imap_listeners {
             acceptors.push(tokio::spawn(crate::imap::serve(imap.clone(), l, tls)));
         }
@@ -267,12 +311,14 @@ async fn serve_inner(cfg: Config, reload: Option<Reload>) -> Result<(), ServeErr
         "xmta ready"
     );
 
-    let mut running_cfg = (*cfg).clone();
     loop {
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM: shutting down"); break; }
             _ = int.recv() => { info!("SIGINT: shutting down"); break; }
-            _ = hup.recv() => reload_config(reload.as_ref(), &mut running_cfg),
+            _ = hup.recv() => {
+                reload_config(reload.as_ref(), &core);
+                reload_certs(&certs);
+            }
         }
     }
     shutdown(&core, acceptors, &smtp_slots).await;
@@ -284,9 +330,9 @@ async fn serve_inner(cfg: Config, reload: Option<Reload>) -> Result<(), ServeErr
 async fn shutdown(
     core: &Core,
     acceptors: Vec<tokio::task::JoinHandle<()>>,
-    smtp_slots: &tokio::sync::Semaphore,
+    smtp_slots: &crate::live::Slots,
 ) {
-    let cfg = &core.cfg;
+    let cfg = core.cfg.get();
     for a in &acceptors {
         a.abort();
     }
@@ -297,9 +343,8 @@ async fn shutdown(
     let _ = std::fs::remove_file(cfg.admin_socket());
     let grace = std::time::Duration::from_secs(cfg.shutdown.grace_secs);
     let deadline = tokio::time::Instant::now() + grace;
-    let max = cfg.smtp.max_connections;
     loop {
-        let smtp = max - smtp_slots.available_permits().min(max);
+        let smtp = smtp_slots.in_use();
         let admin = crate::admin::in_flight();
         if smtp == 0 && admin == 0 {
             break;
@@ -323,76 +368,113 @@ async fn shutdown(
     }
 }
 
-/// SIGHUP: re-reads the config. The log filter changes at once; other changes are named
-/// as needing a restart.
-fn reload_config(reload: Option<&Reload>, running: &mut Config) {
+/// SIGHUP: re-reads the config and puts it in force, except the keys that need a restart
+/// (`crate::live::restart_only`), which keep their running values and are named in a warning.
+/// A file that does not load, or does not validate together with those kept values, changes
+/// nothing.
+fn reload_config(reload: Option<&Reload>, core: &Core) {
     let Some(r) = reload else {
         info!("SIGHUP: no config file to reload");
         return;
     };
-    let new = match Config::load(&r.path, r.is_default) {
+    let mut new = match Config::load(&r.path, r.is_default) {
         Ok(c) => c,
         Err(e) => {
             error!(error = %e, "SIGHUP: the config does not load; keeping the running one");
             return;
         }
     };
+    let running = core.cfg.get();
+    let restart = crate::live::restart_only(&running, &mut new);
+    if let Err(e) = new.revalidate() {
+        error!(error = %e, restart_only = ?restart, "SIGHUP: the config does not hold with the running values of the keys that need a restart; keeping the running one");
+        return;
+    }
     if new.log.level != running.log.level {
         match (r.log)(&new.log.level) {
             Ok(()) => info!(level = %new.log.level, "SIGHUP: log level changed"),
             Err(e) => error!(error = %e, "SIGHUP: could not change the log level"),
         }
     }
-    let sections = [
-        (
-            "server",
-            format!("{:?}", running.server),
-            format!("{:?}", new.server),
-        ),
-        (
-            "s2s",
-            format!("{:?}", running.s2s),
-            format!("{:?}", new.s2s),
-        ),
-        (
-            "dns",
-            format!("{:?}", running.dns),
-            format!("{:?}", new.dns),
-        ),
-        (
-            "delivery",
-            format!("{:?}", running.delivery),
-            format!("{:?}", new.delivery),
-        ),
-        (
-            "smtp",
-            format!("{:?}", running.smtp),
-            format!("{:?}", new.smtp),
-        ),
-        (
-            "component",
-            format!("{:?}", running.component),
-            format!("{:?}", new.component),
-        ),
-        (
-            "metrics",
-            format!("{:?}", running.metrics),
-            format!("{:?}", new.metrics),
-        ),
-        (
-            "log.format",
-            format!("{:?}", running.log.format),
-            format!("{:?}", new.log.format),
-        ),
-    ];
-    for (name, old, now) in sections {
-        if old != now {
-            warn!(
-                section = name,
-                "SIGHUP: changed, but takes effect only after a restart"
-            );
+    for key in &restart {
+        warn!(
+            key,
+            "SIGHUP: changed, but takes effect only after a restart"
+        );
+    }
+    let applied = changed_sections(&running, &new);
+    crate::known_domains::set_memory_days(new.smtp.downgrade_memory_days);
+    core.cfg.set(new);
+    info!(applied = ?applied, "SIGHUP: config reloaded");
+}
+
+/// SIGHUP: re-reads the certificate files in use (same paths; new paths need a restart).
+/// A file that does not load leaves the certificate in use as it is.
+fn reload_certs(certs: &[Arc<crate::s2s::tls::LiveCert>]) {
+    for c in certs {
+        let path = c.cert_path().display();
+        match c.reload() {
+            Ok(true) => info!(%path, "SIGHUP: certificate reloaded"),
+            Ok(false) => debug!(%path, "SIGHUP: certificate unchanged"),
+            Err(e) => {
+                error!(%path, error = %e, "SIGHUP: certificate not reloaded; the one in use stays")
+            }
         }
     }
-    running.log.level = new.log.level;
-    info!("SIGHUP: config reloaded");
+}
+
+/// The sections whose values differ between `a` and `b` (for the reload's log line).
+fn changed_sections(a: &Config, b: &Config) -> Vec<&'static str> {
+    let pairs = [
+        (
+            "server",
+            format!("{:?}", a.server),
+            format!("{:?}", b.server),
+        ),
+        ("s2s", format!("{:?}", a.s2s), format!("{:?}", b.s2s)),
+        ("dns", format!("{:?}", a.dns), format!("{:?}", b.dns)),
+        (
+            "delivery",
+            format!("{:?}", a.delivery),
+            format!("{:?}", b.delivery),
+        ),
+        ("log", format!("{:?}", a.log), format!("{:?}", b.log)),
+        ("smtp", format!("{:?}", a.smtp), format!("{:?}", b.smtp)),
+        (
+            "registry",
+            format!("{:?}", a.registry),
+            format!("{:?}", b.registry),
+        ),
+        (
+            "postfix",
+            format!("{:?}", a.postfix),
+            format!("{:?}", b.postfix),
+        ),
+        (
+            "public",
+            format!("{:?}", a.public),
+            format!("{:?}", b.public),
+        ),
+        (
+            "shutdown",
+            format!("{:?}", a.shutdown),
+            format!("{:?}", b.shutdown),
+        ),
+        (
+            "import",
+            format!("{:?}", a.import),
+            format!("{:?}", b.import),
+        ),
+        ("imap", format!("{:?}", a.imap), format!("{:?}", b.imap)),
+        (
+            "gateway",
+            format!("{:?}", a.gateway),
+            format!("{:?}", b.gateway),
+        ),
+    ];
+    pairs
+        .into_iter()
+        .filter(|(_, x, y)| x != y)
+        .map(|(n, _, _)| n)
+        .collect()
 }

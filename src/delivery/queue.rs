@@ -12,6 +12,7 @@ use tracing::{debug, info, warn};
 use super::dsn::{self, DsnRequest, FailedRecipient};
 use crate::addr::MailAddress;
 use crate::config::{Config, PlainXmpp};
+use crate::live::Live;
 use crate::mta::payload::{
     self, Envelope, MailError, OutgoingMail, RcptStatus as ReceiptStatus, Receipt,
 };
@@ -53,7 +54,8 @@ enum Attempt {
 type Key = (String, String);
 
 pub struct Delivery {
-    cfg: Arc<Config>,
+    /// The config in force (SIGHUP swaps it), read at each use.
+    cfg: Live,
     store: Store,
     s2s: Arc<S2s>,
     /// (remote domain, mail id) -> the attempt waiting for that domain's receipt.
@@ -83,8 +85,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Delivery {
-    pub fn new(cfg: Arc<Config>, store: Store, s2s: Arc<S2s>) -> Arc<Delivery> {
-        let slots = Arc::new(Semaphore::new(cfg.delivery.concurrency));
+    pub fn new(cfg: Live, store: Store, s2s: Arc<S2s>) -> Arc<Delivery> {
+        let slots = Arc::new(Semaphore::new(cfg.get().delivery.concurrency));
         let cfg_for_router = cfg.clone();
         let d = Arc::new(Delivery {
             cfg,
@@ -129,7 +131,7 @@ impl Delivery {
         domain: &str,
         wait: Duration,
     ) -> Result<Option<bool>, String> {
-        if self.cfg.is_local_domain(domain) {
+        if self.cfg.get().is_local_domain(domain) {
             return Ok(Some(true));
         }
         if !self.takes_xmpp(domain).await? {
@@ -140,16 +142,16 @@ impl Delivery {
         {
             return Ok(Some(*yes));
         }
-        let Some(origin) = self.cfg.server.domains.first() else {
+        let Some(origin) = self.cfg.get().server.domains.first().cloned() else {
             return Ok(None);
         };
         let probe = async {
             let conn = self
                 .s2s
-                .stream(origin, domain)
+                .stream(&origin, domain)
                 .await
                 .map_err(|e| e.to_string())?;
-            self.speaks_mta(origin, domain, &conn).await
+            self.speaks_mta(&origin, domain, &conn).await
         };
         match tokio::time::timeout(wait, probe).await {
             Ok(Ok(yes)) => Ok(Some(yes)),
@@ -428,7 +430,7 @@ impl Delivery {
     /// Forgets duplicate-suppression records older than `delivery.dedupe_days`
     /// (XEP-MTA §11.3: longer than any sender retries).
     fn prune_dedupe(&self, now: i64) {
-        let older_than = now - self.cfg.delivery.dedupe_days as i64 * 86_400;
+        let older_than = now - self.cfg.get().delivery.dedupe_days as i64 * 86_400;
         let store = self.store.clone();
         tokio::spawn(async move {
             match store.apply(vec![Op::PruneDedupe { older_than }]).await {
@@ -445,9 +447,9 @@ impl Delivery {
     }
 
     fn backoff(&self, attempts: u32) -> i64 {
-        let base = self.cfg.delivery.retry_initial_secs as f64
+        let base = self.cfg.get().delivery.retry_initial_secs as f64
             * 2f64.powi(attempts.saturating_sub(1).min(30) as i32);
-        let capped = base.min(self.cfg.delivery.retry_max_secs as f64);
+        let capped = base.min(self.cfg.get().delivery.retry_max_secs as f64);
         // XEP-MTA §11.2: a random factor in [0.8, 1.0] spreads retries of many mails.
         let jitter: f64 = rand::rng().random_range(0.8..=1.0);
         ((capped * jitter).round() as i64).max(1)
@@ -461,7 +463,7 @@ impl Delivery {
                 warn!(id, error = %e, "cannot read queue item; retrying later");
                 self.schedule(
                     id,
-                    crate::now() + self.cfg.delivery.retry_initial_secs as i64,
+                    crate::now() + self.cfg.get().delivery.retry_initial_secs as i64,
                 );
                 return;
             }
@@ -480,7 +482,7 @@ impl Delivery {
                 warn!(id, error = %e, "cannot read queue body; retrying later");
                 self.schedule(
                     id,
-                    crate::now() + self.cfg.delivery.retry_initial_secs as i64,
+                    crate::now() + self.cfg.get().delivery.retry_initial_secs as i64,
                 );
                 return;
             }
@@ -525,15 +527,15 @@ impl Delivery {
                     .unwrap_or_default();
                 // Local recipients are queued when the local LMTP server did not take them
                 // at once, and for DSNs when local mail goes to such a server.
-                if self.cfg.is_local_domain(&domain) {
+                if self.cfg.get().is_local_domain(&domain) {
                     local_rcpts.push(r.clone());
                     continue;
                 }
                 // Legacy domains go to the smarthost in one transaction (see route.rs);
                 // so do plain XMPP domains unless `[gateway] plain_xmpp = "xmpp-body"`.
-                if self.cfg.smtp.smarthost.is_some() {
+                if self.cfg.get().smtp.smarthost.is_some() {
                     if !reach.contains_key(&domain) {
-                        let v = if self.cfg.gateway.plain_xmpp == PlainXmpp::Smarthost {
+                        let v = if self.cfg.get().gateway.plain_xmpp == PlainXmpp::Smarthost {
                             match self.takes_mail_over_xmpp(&domain, DISCO_TIMEOUT).await {
                                 Ok(Some(v)) => Ok(v),
                                 // Unreachable now: the XMPP attempt below defers it.
@@ -573,7 +575,7 @@ impl Delivery {
                     .push(r.clone());
             }
             xmpp_only = local_rcpts.is_empty() && legacy_rcpts.is_empty();
-            let origin = origin_domain(&self.cfg, &item);
+            let origin = origin_domain(&self.cfg.get(), &item);
             let mut tasks = Vec::new();
             for ((domain, batch), rcpts) in batches {
                 let me = self.clone();
@@ -635,7 +637,7 @@ impl Delivery {
             flags: Vec::new(),
         };
         use super::local::LocalOutcome;
-        super::local::deliver(&self.cfg, &self.store, &item.sender, d)
+        super::local::deliver(&self.cfg.get(), &self.store, &item.sender, d)
             .await
             .into_iter()
             .map(|(a, o)| {
@@ -668,6 +670,7 @@ impl Delivery {
         };
         let Some((host, port)) = self
             .cfg
+            .get()
             .smtp
             .smarthost
             .as_deref()
@@ -679,10 +682,10 @@ impl Delivery {
             host: host.clone(),
             port,
             lmtp: false,
-            tls: self.cfg.smtp.smarthost_tls,
-            allow_invalid_certs: self.cfg.smtp.smarthost_allow_invalid_certs,
-            timeout: Duration::from_secs(self.cfg.smtp.smarthost_timeout_secs),
-            helo: self.cfg.smtp_hostname().to_string(),
+            tls: self.cfg.get().smtp.smarthost_tls,
+            allow_invalid_certs: self.cfg.get().smtp.smarthost_allow_invalid_certs,
+            timeout: Duration::from_secs(self.cfg.get().smtp.smarthost_timeout_secs),
+            helo: self.cfg.get().smtp_hostname().to_string(),
         };
         let body = with_trace(body, &ep.helo, &item.id, rcpts, crate::now());
         match super::smtp_client::transaction(&ep, &item.sender, rcpts, &body).await {
@@ -816,7 +819,7 @@ impl Delivery {
             Ok(()) => {
                 debug!(id = %mail_id, domain, stanzas = n, "mail sent, waiting for receipt");
                 match tokio::time::timeout(
-                    Duration::from_secs(self.cfg.delivery.receipt_timeout_secs),
+                    Duration::from_secs(self.cfg.get().delivery.receipt_timeout_secs),
                     rx,
                 )
                 .await
@@ -1000,7 +1003,7 @@ impl Delivery {
         let r = match conn.send(ping).await {
             Err(e) => Err(e.to_string()),
             Ok(()) => match tokio::time::timeout(
-                Duration::from_secs(self.cfg.delivery.receipt_timeout_secs),
+                Duration::from_secs(self.cfg.get().delivery.receipt_timeout_secs),
                 rx,
             )
             .await
@@ -1120,7 +1123,10 @@ impl Delivery {
             }
             Err(e) => {
                 warn!(id = %item.id, error = %e, "could not record delivery outcome; will retry");
-                self.schedule(&item.id, now + self.cfg.delivery.retry_initial_secs as i64);
+                self.schedule(
+                    &item.id,
+                    now + self.cfg.get().delivery.retry_initial_secs as i64,
+                );
             }
         }
     }
@@ -1133,15 +1139,15 @@ impl Delivery {
         failed: &[FailedRecipient],
         now: i64,
     ) -> Vec<Op> {
-        let origin = origin_domain(&self.cfg, item);
+        let origin = origin_domain(&self.cfg.get(), item);
         let Ok(mut sender) = MailAddress::parse(&item.sender) else {
             return Vec::new();
         };
         // Relayed mail went out with an SRS0 sender of ours: the DSN goes to the original
         // sender it stands for (a forged or expired one cannot occur here, we made it; if
         // the key changed, the bounce is dropped with a log line rather than looping).
-        if self.cfg.is_local_domain(sender.domain()) {
-            match crate::srs::reverse_rcpt(&self.cfg, &self.store, &sender) {
+        if self.cfg.get().is_local_domain(sender.domain()) {
+            match crate::srs::reverse_rcpt(&self.cfg.get(), &self.store, &sender) {
                 Some(Ok(orig)) => match MailAddress::parse(&orig) {
                     Ok(o) => sender = o,
                     Err(_) => return Vec::new(),
@@ -1164,7 +1170,9 @@ impl Delivery {
             original_message: body,
             now,
         });
-        if self.cfg.is_local_domain(sender.domain()) && !super::local::is_external(&self.cfg) {
+        if self.cfg.get().is_local_domain(sender.domain())
+            && !super::local::is_external(&self.cfg.get())
+        {
             vec![Op::Deliver(LocalDelivery {
                 dedupe: None,
                 recipients: vec![sender.canonical()],
@@ -1178,14 +1186,14 @@ impl Delivery {
                 id: crate::new_mail_id(),
                 origin: origin.clone(),
                 sender: String::new(),
-                recipients: vec![if self.cfg.is_local_domain(sender.domain()) {
+                recipients: vec![if self.cfg.get().is_local_domain(sender.domain()) {
                     sender.canonical()
                 } else {
                     original_sender
                 }],
                 created: now,
                 next_attempt: now,
-                expires: now + self.cfg.delivery.expire_secs as i64,
+                expires: now + self.cfg.get().delivery.expire_secs as i64,
                 message: dsn.into(),
             })]
         }

@@ -12,13 +12,13 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::config::Config;
+use crate::live::Live;
 use crate::s2s::resolve::{ResolveError, Resolver};
 
 pub struct Router {
     resolver: Resolver,
-    positive_ttl: Duration,
-    negative_ttl: Duration,
+    /// For `[postfix] cache_secs` / `negative_cache_secs`, read at each look-up.
+    live: Live,
     cache: Mutex<HashMap<String, (bool, Instant)>>,
 }
 
@@ -26,25 +26,30 @@ pub struct Router {
 const MAX_CACHED: usize = 100_000;
 
 impl Router {
-    pub fn new(cfg: &Config) -> Result<Router, ResolveError> {
+    pub fn new(live: &Live) -> Result<Router, ResolveError> {
         Ok(Router {
-            resolver: Resolver::new(cfg)?,
-            positive_ttl: Duration::from_secs(cfg.postfix.cache_secs),
-            negative_ttl: Duration::from_secs(cfg.postfix.negative_cache_secs),
+            resolver: Resolver::new(live)?,
+            live: live.clone(),
             cache: Mutex::new(HashMap::new()),
         })
     }
 
     /// Whether `domain` (normalized) is reached over XMPP; `Err` when DNS failed.
     pub async fn takes_xmpp(&self, domain: &str) -> Result<bool, String> {
+        // Routes are asked before the cache and never cached: a SIGHUP that adds or
+        // removes one counts at once.
+        if self.resolver.has_route(domain) {
+            return Ok(true);
+        }
         {
+            let cfg = self.live.get();
             let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
             if let Some((yes, at)) = cache.get(domain) {
-                let ttl = if *yes {
-                    self.positive_ttl
+                let ttl = Duration::from_secs(if *yes {
+                    cfg.postfix.cache_secs
                 } else {
-                    self.negative_ttl
-                };
+                    cfg.postfix.negative_cache_secs
+                });
                 if at.elapsed() < ttl {
                     return Ok(*yes);
                 }

@@ -36,7 +36,6 @@ use imap_codec::fragmentizer::{FragmentInfo, Fragmentizer, LiteralAnnouncement};
 use imap_codec::imap_types::core::LiteralMode;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
@@ -59,18 +58,24 @@ pub struct Imap {
     pub core: Arc<Core>,
     /// Present when a certificate is configured: STARTTLS and `tls_listen` work.
     pub tls: Option<TlsAcceptor>,
+    /// The certificate behind `tls`, re-read on SIGHUP.
+    pub cert: Option<Arc<crate::s2s::tls::LiveCert>>,
     pub limiter: LoginLimiter,
-    slots: Arc<Semaphore>,
+    /// Connections open, against `[imap] max_connections` as in force at each accept.
+    slots: Arc<crate::live::Slots>,
 }
 
 impl Imap {
     pub fn new(core: Arc<Core>) -> Result<Arc<Imap>, ImapError> {
-        let cfg = &core.cfg;
+        let cfg = core.cfg.get();
         let cert = cfg.imap.cert.as_ref().or(cfg.s2s.cert.as_ref());
         let key = cfg.imap.key.as_ref().or(cfg.s2s.key.as_ref());
-        let tls = match (cert, key) {
-            (Some(cert), Some(key)) => Some(acceptor(cert, key)?),
-            _ => None,
+        let (tls, cert) = match (cert, key) {
+            (Some(cert), Some(key)) => {
+                let (a, c) = acceptor(cert, key)?;
+                (Some(a), Some(c))
+            }
+            _ => (None, None),
         };
         if tls.is_none() && !cfg.imap.tls_listen.is_empty() {
             return Err(ImapError::Tls(
@@ -82,27 +87,25 @@ impl Imap {
                 cfg.imap.max_login_failures,
                 Duration::from_secs(cfg.imap.login_failure_window_secs),
             ),
-            slots: Arc::new(Semaphore::new(cfg.imap.max_connections)),
+            slots: crate::live::Slots::new(),
             tls,
+            cert,
             core,
         }))
     }
 }
 
-fn acceptor(cert: &std::path::Path, key: &std::path::Path) -> Result<TlsAcceptor, ImapError> {
-    use rustls::pki_types::PrivateKeyDer;
-    use rustls::pki_types::pem::PemObject;
-    let chain = crate::s2s::tls::load_certs(cert).map_err(|e| ImapError::Tls(e.to_string()))?;
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| ImapError::Tls(format!("{}: {e}", key.display())))?;
+fn acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<(TlsAcceptor, Arc<crate::s2s::tls::LiveCert>), ImapError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ImapError::Tls(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .map_err(|e| ImapError::Tls(format!("certificate and key: {e}")))?;
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    let live = crate::s2s::tls::LiveCert::load(cert, key, provider)
+        .map_err(|e| ImapError::Tls(e.to_string()))?;
+    let config = live
+        .server_config()
+        .map_err(|e| ImapError::Tls(e.to_string()))?;
+    Ok((TlsAcceptor::from(Arc::new(config)), live))
 }
 
 /// Accepts connections on `listener` until the process ends; with `implicit_tls` each one
@@ -119,7 +122,8 @@ pub async fn serve(imap: Arc<Imap>, listener: TcpListener, implicit_tls: bool) {
         };
         let imap = imap.clone();
         tokio::spawn(async move {
-            let Ok(permit) = imap.slots.clone().try_acquire_owned() else {
+            let cfg = imap.core.cfg.get();
+            let Some(permit) = imap.slots.try_take(cfg.imap.max_connections) else {
                 warn!(%peer, "imap: too many connections");
                 let mut sock = sock;
                 let _ = sock
@@ -131,7 +135,7 @@ pub async fn serve(imap: Arc<Imap>, listener: TcpListener, implicit_tls: bool) {
             let _ = sock.set_nodelay(true);
             let io: Box<dyn Io> = if implicit_tls {
                 let Some(tls) = imap.tls.clone() else { return };
-                let handshake = Duration::from_secs(imap.core.cfg.imap.idle_timeout_secs.min(60));
+                let handshake = Duration::from_secs(cfg.imap.idle_timeout_secs.min(60));
                 match tokio::time::timeout(handshake, tls.accept(sock)).await {
                     Ok(Ok(s)) => Box::new(s),
                     Ok(Err(e)) => {
@@ -144,7 +148,7 @@ pub async fn serve(imap: Arc<Imap>, listener: TcpListener, implicit_tls: bool) {
                 Box::new(sock)
             };
             info!(%peer, tls = implicit_tls, "imap connection");
-            let conn = Conn::new(io, &imap.core.cfg.imap, implicit_tls);
+            let conn = Conn::new(io, &cfg.imap, implicit_tls);
             match session::run(imap.clone(), conn, peer).await {
                 Ok(()) => debug!(%peer, "imap session ended"),
                 Err(e) => debug!(%peer, error = %e, "imap session ended"),

@@ -53,6 +53,7 @@ enum Flow {
 pub(super) async fn run(imap: Arc<Imap>, mut conn: Conn, peer: SocketAddr) -> Result<(), ConnEnd> {
     let mut s = Session {
         changes: imap.core.store.changes(),
+        cfg: imap.core.cfg.get(),
         imap,
         peer,
         user: None,
@@ -106,6 +107,9 @@ fn decode_error<C: imap_codec::decode::Decoder>(
 
 struct Session {
     imap: Arc<Imap>,
+    /// The config in force when the connection was accepted (a SIGHUP counts for new
+    /// connections).
+    cfg: Arc<crate::config::Config>,
     peer: SocketAddr,
     user: Option<String>,
     selected: Option<Selected>,
@@ -253,7 +257,7 @@ fn store_error(e: &StoreError) -> String {
 
 impl Session {
     fn cfg(&self) -> &crate::config::ImapConfig {
-        &self.imap.core.cfg.imap
+        &self.cfg.imap
     }
 
     fn idle_timeout(&self) -> Duration {
@@ -292,10 +296,7 @@ impl Session {
             "SPECIAL-USE",
             "CONDSTORE",
         ]);
-        let limit = format!(
-            "APPENDLIMIT={}",
-            self.imap.core.cfg.delivery.max_message_bytes
-        );
+        let limit = format!("APPENDLIMIT={}", self.cfg.delivery.max_message_bytes);
         let mut s = caps.join(" ");
         s.push(' ');
         s.push_str(&limit);
@@ -1053,7 +1054,7 @@ impl Session {
             Ok(f) => f,
             Err(e) => return e,
         };
-        let max = self.imap.core.cfg.delivery.max_message_bytes;
+        let max = self.cfg.delivery.max_message_bytes;
         if data.len() > max {
             return format!("NO [TOOBIG] message larger than {max} octets");
         }

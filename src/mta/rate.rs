@@ -80,6 +80,13 @@ impl PeerBuckets {
         ((need - have).max(0.0) / rate).ceil() as u64
     }
 
+    /// Puts new limits in force (a config reload); the buckets keep their tokens, capped
+    /// to the new size at their next refill.
+    pub fn set_limits(&mut self, per_minute: u64, capacity: u64) {
+        self.per_minute = per_minute;
+        self.capacity = capacity.max(1);
+    }
+
     pub fn per_minute(&self) -> u64 {
         self.per_minute
     }

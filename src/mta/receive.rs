@@ -128,10 +128,13 @@ struct Limits {
 /// Consumes inbound events until the channel closes.
 pub async fn run(core: Arc<Core>, mut rx: mpsc::Receiver<InboundEvent>) {
     let mut partials = Partials::default();
-    let s = &core.cfg.s2s;
-    let mut limits = Limits {
-        messages: PeerBuckets::new(s.peer_messages_per_minute, s.peer_messages_burst),
-        bytes: PeerBuckets::new(s.peer_bytes_per_minute, s.peer_bytes_burst),
+    let mut limits = {
+        let c = core.cfg.get();
+        let s = &c.s2s;
+        Limits {
+            messages: PeerBuckets::new(s.peer_messages_per_minute, s.peer_messages_burst),
+            bytes: PeerBuckets::new(s.peer_bytes_per_minute, s.peer_bytes_burst),
+        }
     };
     while let Some(ev) = rx.recv().await {
         match ev {
@@ -153,6 +156,15 @@ pub async fn run(core: Arc<Core>, mut rx: mpsc::Receiver<InboundEvent>) {
                 element,
             } => {
                 partials.retain(|_, p| p.last.elapsed() < PARTIAL_IDLE);
+                // The limits in force (a SIGHUP may have changed them).
+                let c = core.cfg.get();
+                let s = &c.s2s;
+                limits
+                    .messages
+                    .set_limits(s.peer_messages_per_minute, s.peer_messages_burst);
+                limits
+                    .bytes
+                    .set_limits(s.peer_bytes_per_minute, s.peer_bytes_burst);
                 let origin = Origin {
                     from_domain,
                     to_domain,
@@ -386,7 +398,7 @@ fn check_first(core: &Core, origin: &Origin, env: &Envelope, size: u64) -> Resul
         });
     }
     // 4. Size.
-    let max = core.cfg.delivery.max_message_bytes as u64;
+    let max = core.cfg.get().delivery.max_message_bytes as u64;
     if size > max {
         return Err(Refusal {
             etype: "modify",
@@ -590,7 +602,7 @@ fn deliver(core: Arc<Core>, origin: &Origin, mail_id: String, env: Envelope, dat
         for r in &env.rcpt_to {
             match MailAddress::parse(r) {
                 Ok(a) if crate::srs::is_srs(a.local()) => {
-                    match crate::srs::reverse_rcpt(&core.cfg, &core.store, &a) {
+                    match crate::srs::reverse_rcpt(&core.cfg.get(), &core.store, &a) {
                         Some(Ok(orig)) => forwards.push((r.clone(), orig)),
                         _ => {
                             info!(%from_domain, rcpt = %r, "invalid SRS address refused");
@@ -630,7 +642,8 @@ fn deliver(core: Arc<Core>, origin: &Origin, mail_id: String, env: Envelope, dat
             // The local-delivery seam: the built-in store, or the configured LMTP server.
             let n = d.recipients.len();
             let outcomes =
-                crate::delivery::local::deliver(&core.cfg, &core.store, &env.mail_from, d).await;
+                crate::delivery::local::deliver(&core.cfg.get(), &core.store, &env.mail_from, d)
+                    .await;
             use crate::delivery::local::LocalOutcome;
             for (orig, canon) in &canon_of {
                 let outcome = outcomes.iter().find(|(a, _)| a == canon).map(|(_, o)| o);
@@ -699,7 +712,8 @@ async fn forward_srs(
     now: i64,
 ) -> Vec<RcptReceipt> {
     // A non-null sender of ours is kept; a foreign one is rewritten in turn.
-    let Some(sender) = crate::srs::outbound_sender(&core.cfg, &core.store, &env.mail_from) else {
+    let Some(sender) = crate::srs::outbound_sender(&core.cfg.get(), &core.store, &env.mail_from)
+    else {
         return forwards
             .iter()
             .map(|(r, _)| failed(r, "550", "5.7.1", "Cannot forward for this sender"))
@@ -719,7 +733,7 @@ async fn forward_srs(
         recipients: rcpts,
         created: now,
         next_attempt: now,
-        expires: now + core.cfg.delivery.expire_secs as i64,
+        expires: now + core.cfg.get().delivery.expire_secs as i64,
         message: bytes::Bytes::copy_from_slice(message),
     });
     match core.store.apply(vec![op]).await {

@@ -62,19 +62,23 @@ impl S2s {
             domain: cc.server.clone(),
             reason: r,
         };
-        let tcp = timeout(self.cfg.connect_timeout(), TcpStream::connect(&cc.server))
-            .await
-            .map_err(|_| S2sError::Timeout(cc.server.clone()))?
-            .map_err(|e| S2sError::Connect {
-                domain: cc.server.clone(),
-                reason: e.to_string(),
-            })?;
+        let tcp = timeout(
+            self.cfg.get().connect_timeout(),
+            TcpStream::connect(&cc.server),
+        )
+        .await
+        .map_err(|_| S2sError::Timeout(cc.server.clone()))?
+        .map_err(|e| S2sError::Connect {
+            domain: cc.server.clone(),
+            reason: e.to_string(),
+        })?;
         let _ = tcp.set_nodelay(true);
         let io: BoxIo = Box::new(tcp);
         let (r, mut w) = tokio::io::split(io);
         let mut reader = XmlReader::new(
             r,
             self.cfg
+                .get()
                 .s2s
                 .max_stanza_bytes
                 .max(DEFAULT_PEER_MAX_STANZA * 2),
@@ -115,7 +119,7 @@ impl S2s {
             }
             Ok(id)
         };
-        let id = timeout(self.cfg.handshake_timeout(), hs)
+        let id = timeout(self.cfg.get().handshake_timeout(), hs)
             .await
             .map_err(|_| S2sError::Timeout(cc.server.clone()))??;
         // The stream stays up while the server runs: no idle close on our side.
@@ -186,7 +190,7 @@ impl S2s {
 
     /// The component connection, waiting a little for it to come (back) up.
     pub(crate) async fn component_stream(&self) -> Result<Arc<OutboundConn>, S2sError> {
-        let deadline = tokio::time::Instant::now() + self.cfg.connect_timeout();
+        let deadline = tokio::time::Instant::now() + self.cfg.get().connect_timeout();
         loop {
             let notified = self.component_up.notified();
             if let Some(c) = self.component.lock().await.as_ref()

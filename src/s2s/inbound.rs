@@ -34,6 +34,10 @@ struct Verified {
 
 struct Inbound {
     s2s: Arc<S2s>,
+    /// The config in force when the connection was accepted: its limits, timeouts and
+    /// `[s2s] auth` hold for the whole stream (`allow`/`deny` and the registry policy are
+    /// read live, per stanza).
+    cfg: Arc<crate::config::Config>,
     peer: SocketAddr,
     stream_no: u64,
     reader: XmlReader<ReadHalf<BoxIo>>,
@@ -83,8 +87,9 @@ impl S2s {
                 }
             };
             let _ = sock.set_nodelay(true);
+            let cfg = self.cfg.get();
             let Some(slot) = self.ip_slot(peer.ip()) else {
-                let limit = self.cfg.s2s.max_connections_per_ip;
+                let limit = cfg.s2s.max_connections_per_ip;
                 warn!(%peer, limit, "s2s connections per address limit reached, refusing");
                 tokio::spawn(refuse(
                     sock,
@@ -95,16 +100,16 @@ impl S2s {
                 ));
                 continue;
             };
-            match self.conn_limit.clone().try_acquire_owned() {
-                Ok(permit) => {
+            match self.conn_limit.try_take(cfg.s2s.max_connections) {
+                Some(permit) => {
                     let s2s = self.clone();
                     tokio::spawn(async move {
-                        s2s.handle_inbound(sock, peer, direct_tls, slot).await;
+                        s2s.handle_inbound(sock, peer, direct_tls, slot, cfg).await;
                         drop(permit);
                     });
                 }
-                Err(_) => {
-                    warn!(%peer, limit = self.cfg.s2s.max_connections, "s2s connection limit reached, refusing");
+                None => {
+                    warn!(%peer, limit = cfg.s2s.max_connections, "s2s connection limit reached, refusing");
                     tokio::spawn(refuse(sock, "too many connections".into()));
                 }
             }
@@ -117,15 +122,17 @@ impl S2s {
         peer: SocketAddr,
         direct_tls: bool,
         _slot: IpSlot,
+        cfg: Arc<crate::config::Config>,
     ) {
         let _open = crate::metrics::inbound_conn();
         let io: BoxIo = Box::new(sock);
         let (r, w) = tokio::io::split(io);
         let stream_no = self.next_stream.fetch_add(1, Ordering::Relaxed);
         let mut conn = Inbound {
-            reader: XmlReader::new(r, self.cfg.s2s.max_stanza_bytes),
+            reader: XmlReader::new(r, cfg.s2s.max_stanza_bytes),
             writer: w,
             s2s: self.clone(),
+            cfg,
             peer,
             stream_no,
             header_sent: false,
@@ -240,7 +247,7 @@ impl Inbound {
             ));
         }
         match &local {
-            Some(d) if self.s2s.cfg.is_local_domain(d) => {}
+            Some(d) if self.cfg.is_local_domain(d) => {}
             Some(d) => {
                 return Err(End::Error(
                     "host-unknown",
@@ -269,7 +276,7 @@ impl Inbound {
                     ns::SASL
                 ));
             }
-            if self.s2s.cfg.s2s.auth != S2sAuth::Certificate {
+            if self.cfg.s2s.auth != S2sAuth::Certificate {
                 f.push_str(&format!(
                     "<dialback xmlns='{}'><errors/></dialback>",
                     ns::DIALBACK_FEATURE
@@ -278,8 +285,8 @@ impl Inbound {
             f.push_str(&format!(
                 "<limits xmlns='{}'><max-bytes>{}</max-bytes><idle-seconds>{}</idle-seconds></limits>",
                 ns::STREAM_LIMITS,
-                self.s2s.cfg.s2s.max_stanza_bytes,
-                self.s2s.cfg.s2s.idle_timeout_secs
+                self.cfg.s2s.max_stanza_bytes,
+                self.cfg.s2s.idle_timeout_secs
             ));
             f.push_str("</stream:features>");
             self.write(&f).await?;
@@ -291,12 +298,12 @@ impl Inbound {
     /// XEP-0178: EXTERNAL is offered once TLS is up and the peer's certificate is valid
     /// for the domain its stream header claims.
     fn external_possible(&self) -> bool {
-        if !self.tls || self.sasl_done || self.s2s.cfg.s2s.auth == S2sAuth::Dialback {
+        if !self.tls || self.sasl_done || self.cfg.s2s.auth == S2sAuth::Dialback {
             return false;
         }
         match (&self.peer_chain, &self.header_from) {
             (Some(chain), Some(from)) => {
-                !self.s2s.cfg.is_local_domain(from) && self.s2s.tls.chain_valid_for(chain, from)
+                !self.cfg.is_local_domain(from) && self.s2s.tls.chain_valid_for(chain, from)
             }
             _ => false,
         }
@@ -343,7 +350,7 @@ impl Inbound {
         // The peer restarts the stream (RFC 6120 §6.4.6).
         self.reader.restart();
         self.header_sent = false;
-        let deadline = Instant::now() + self.s2s.cfg.handshake_timeout();
+        let deadline = Instant::now() + self.cfg.handshake_timeout();
         self.open(deadline).await.map(|_| ())
     }
 
@@ -388,16 +395,15 @@ impl Inbound {
         let r = reader.into_inner().map_err(xml_end)?;
         let io = r.unsplit(writer);
         let acceptor = tokio_rustls::TlsAcceptor::from(server);
-        let tls = match tokio::time::timeout(self.s2s.cfg.handshake_timeout(), acceptor.accept(io))
-            .await
-        {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                warn!(peer = %self.peer, error = %e, "TLS handshake failed");
-                return Err(End::Gone);
-            }
-            Err(_) => return Err(End::Gone),
-        };
+        let tls =
+            match tokio::time::timeout(self.cfg.handshake_timeout(), acceptor.accept(io)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    warn!(peer = %self.peer, error = %e, "TLS handshake failed");
+                    return Err(End::Gone);
+                }
+                Err(_) => return Err(End::Gone),
+            };
         self.peer_chain = tls
             .get_ref()
             .1
@@ -405,7 +411,7 @@ impl Inbound {
             .map(|c| c.iter().map(|d| d.clone().into_owned()).collect());
         let io: BoxIo = Box::new(tls);
         let (r, w) = tokio::io::split(io);
-        self.reader = XmlReader::new(r, self.s2s.cfg.s2s.max_stanza_bytes);
+        self.reader = XmlReader::new(r, self.cfg.s2s.max_stanza_bytes);
         self.writer = w;
         self.tls = true;
         self.header_sent = false;
@@ -420,7 +426,7 @@ impl Inbound {
     }
 
     async fn run_inner(&mut self) -> Result<(), End> {
-        let cfg = self.s2s.cfg.clone();
+        let cfg = self.cfg.clone();
         let deadline = Instant::now() + cfg.handshake_timeout();
         self.open(deadline).await?;
         let (vtx, mut vrx) = mpsc::channel::<Verified>(16);
@@ -459,7 +465,7 @@ impl Inbound {
         }
         if el.is("starttls", ns::TLS) {
             self.starttls().await?;
-            let deadline = Instant::now() + self.s2s.cfg.handshake_timeout();
+            let deadline = Instant::now() + self.cfg.handshake_timeout();
             self.open(deadline).await?;
             return Ok(());
         }
@@ -517,6 +523,14 @@ impl Inbound {
                 format!("{from_domain} is not authenticated to send to {to_domain} on this stream"),
             ));
         }
+        // `[s2s] deny`/`allow` as in force now: a SIGHUP that denies a peer ends its
+        // streams at their next stanza (the sender keeps the mail queued and retries).
+        if !self.s2s.cfg.get().peer_allowed(&from_domain) {
+            return Err(End::Error(
+                "policy-violation",
+                format!("{from_domain} is not allowed to connect here ([s2s] allow/deny)"),
+            ));
+        }
         let registry = self.registry_mark(&from_domain).await?;
         let auth = if self
             .by_certificate
@@ -555,7 +569,7 @@ impl Inbound {
                         "dialback 'from'/'to' is not a domain".into(),
                     ));
                 };
-                if !self.s2s.cfg.is_local_domain(&to) {
+                if !self.cfg.is_local_domain(&to) {
                     let answer = dialback::result_answer(
                         &to,
                         &from,
@@ -564,10 +578,10 @@ impl Inbound {
                     );
                     return self.write(&answer).await;
                 }
-                if self.s2s.cfg.is_local_domain(&from) {
+                if self.cfg.is_local_domain(&from) {
                     return Err(End::Error("invalid-from", format!("{from} is served here")));
                 }
-                if self.s2s.cfg.s2s.auth == S2sAuth::Certificate {
+                if self.cfg.s2s.auth == S2sAuth::Certificate {
                     return Err(End::Error(
                         "policy-violation",
                         format!(
@@ -575,7 +589,7 @@ impl Inbound {
                         ),
                     ));
                 }
-                if !self.s2s.cfg.peer_allowed(&from) {
+                if !self.s2s.cfg.get().peer_allowed(&from) {
                     return Err(End::Error(
                         "policy-violation",
                         format!("{from} is not allowed to connect here ([s2s] allow/deny)"),
@@ -624,7 +638,7 @@ impl Inbound {
                 // Authoritative role: `from` is the receiving server asking about our key.
                 let from = crate::addr::normalize_domain(&from).unwrap_or(from);
                 let to = crate::addr::normalize_domain(&to).unwrap_or(to);
-                let valid = self.s2s.cfg.is_local_domain(&to)
+                let valid = self.cfg.is_local_domain(&to)
                     && self.s2s.secret.verify(&from, &to, &id, &key)
                     && self.s2s.originated(&from, &to, &id);
                 info!(peer = %self.peer, receiving = %from, originating = %to, valid, "answered db:verify");
@@ -646,7 +660,7 @@ impl Inbound {
     /// The checks after a domain proved who it is and before it may send: `[s2s]
     /// allow`/`deny`, then the registry (XEP-MTA §22) under `require`.
     async fn admit(&mut self, from: &str) -> Result<(), End> {
-        if !self.s2s.cfg.peer_allowed(from) {
+        if !self.s2s.cfg.get().peer_allowed(from) {
             return Err(End::Error(
                 "policy-violation",
                 format!("{from} is not allowed to connect here ([s2s] allow/deny)"),

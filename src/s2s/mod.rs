@@ -13,6 +13,9 @@
 //! Who may authenticate is policy: `[s2s] auth` (certificate / dialback / either),
 //! `allow`/`deny`, `max_connections_per_ip`, and the registry of registered servers
 //! (`crate::registry`), asked once a domain is authenticated and applied to each stanza.
+//! All of it is read from the live config (`crate::live`), so SIGHUP changes it: limits,
+//! timeouts and `auth` per new stream, `allow`/`deny` and the registry policy per stanza,
+//! `[s2s.routes]` per outbound stream (see `crate::server` for the rules).
 
 mod component;
 pub mod dialback;
@@ -27,9 +30,9 @@ use std::sync::atomic::AtomicU64;
 
 use minidom::Element;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 
-use crate::config::Config;
+use crate::live::{Live, Slots};
 use dialback::DialbackSecret;
 pub use outbound::OutboundConn;
 use resolve::Resolver;
@@ -92,11 +95,14 @@ impl S2sError {
     }
 }
 
-type Slot = Arc<tokio::sync::Mutex<Option<Arc<OutboundConn>>>>;
+/// A pooled stream to one remote domain, with the `[s2s.routes]` entry it was opened by.
+type Slot = Arc<tokio::sync::Mutex<Option<(Arc<OutboundConn>, Option<String>)>>>;
 
 /// The s2s service: listener, outbound pool, dialback state.
 pub struct S2s {
-    pub(crate) cfg: Arc<Config>,
+    /// The configuration in force (SIGHUP swaps it): read per stream, and per stanza for
+    /// `[s2s] allow`/`deny`.
+    pub(crate) cfg: Live,
     pub(crate) secret: DialbackSecret,
     pub(crate) resolver: Resolver,
     pub(crate) tls: TlsContext,
@@ -106,7 +112,8 @@ pub struct S2s {
     /// verdict is still open: a `db:verify` about any other stream is refused (XEP-0220 §5).
     originated: std::sync::Mutex<HashSet<(String, String, String)>>,
     next_stream: AtomicU64,
-    conn_limit: Arc<Semaphore>,
+    /// Inbound connections open (against `[s2s] max_connections`).
+    conn_limit: Arc<Slots>,
     /// The XEP-0114 connection, in component mode.
     component: tokio::sync::Mutex<Option<Arc<OutboundConn>>>,
     component_up: tokio::sync::Notify,
@@ -118,13 +125,13 @@ pub struct S2s {
 
 impl S2s {
     pub fn new(
-        cfg: Arc<Config>,
+        cfg: Live,
         secret: DialbackSecret,
         events: mpsc::Sender<InboundEvent>,
     ) -> Result<Arc<S2s>, Box<dyn std::error::Error + Send + Sync>> {
         let resolver = Resolver::new(&cfg)?;
-        let tls = TlsContext::new(&cfg)?;
-        let conn_limit = Arc::new(Semaphore::new(cfg.s2s.max_connections));
+        let tls = TlsContext::new(&cfg.get())?;
+        let conn_limit = Slots::new();
         let registry = crate::registry::Registry::new(cfg.clone())?;
         if let (Some(r), Ok(rt)) = (&registry, tokio::runtime::Handle::try_current()) {
             rt.spawn(r.clone().probe());
@@ -153,16 +160,21 @@ impl S2s {
         local: &str,
         remote: &str,
     ) -> Result<Arc<OutboundConn>, S2sError> {
-        if self.cfg.component.is_some() {
+        let cfg = self.cfg.get();
+        if cfg.component.is_some() {
             return self.component_stream().await;
         }
+        // The static route in force; a stream opened under another one is not reused (a
+        // SIGHUP changed the route), it is left to close when idle.
+        let route = cfg.s2s.routes.get(remote).cloned();
         let slot = {
             let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
             pool.entry(remote.to_string()).or_default().clone()
         };
         let mut guard = slot.lock().await;
-        if let Some(conn) = guard.as_ref()
+        if let Some((conn, opened_by)) = guard.as_ref()
             && conn.is_open()
+            && *opened_by == route
         {
             if !conn.is_authenticated(local) {
                 conn.authenticate(self, local).await?;
@@ -173,7 +185,7 @@ impl S2s {
         if !conn.is_authenticated(local) {
             conn.authenticate(self, local).await?;
         }
-        *guard = Some(conn.clone());
+        *guard = Some((conn.clone(), route));
         Ok(conn)
     }
 
@@ -195,7 +207,7 @@ impl S2s {
             pool.values().cloned().collect()
         };
         for slot in slots {
-            if let Some(conn) = slot.lock().await.take() {
+            if let Some((conn, _)) = slot.lock().await.take() {
                 conn.close();
             }
         }
@@ -237,7 +249,7 @@ impl S2s {
     pub(crate) fn ip_slot(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<IpSlot> {
         let mut map = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
         let n = map.entry(ip).or_insert(0);
-        if *n >= self.cfg.s2s.max_connections_per_ip {
+        if *n >= self.cfg.get().s2s.max_connections_per_ip {
             return None;
         }
         *n += 1;

@@ -58,10 +58,10 @@ impl S2s {
                 }
             };
             for addr in addrs {
-                match timeout(self.cfg.connect_timeout(), TcpStream::connect(addr)).await {
+                match timeout(self.cfg.get().connect_timeout(), TcpStream::connect(addr)).await {
                     Ok(Ok(tcp)) => {
                         let _ = tcp.set_nodelay(true);
-                        let deadline = Instant::now() + self.cfg.handshake_timeout();
+                        let deadline = Instant::now() + self.cfg.get().handshake_timeout();
                         if target.direct_tls {
                             // XEP-0368: a failed direct TLS target falls back to the next.
                             match timeout_at(deadline, self.direct_tls(tcp, addr, local, remote))
@@ -142,7 +142,7 @@ impl S2s {
         remote: &str,
     ) -> Result<Negotiated, S2sError> {
         let (r, mut w) = tokio::io::split(io);
-        let mut reader = XmlReader::new(r, self.cfg.s2s.max_stanza_bytes);
+        let mut reader = XmlReader::new(r, self.cfg.get().s2s.max_stanza_bytes);
         let mut external = false;
         loop {
             let header = stream_header(ns::SERVER, Some(local), Some(remote), None, true);
@@ -229,7 +229,7 @@ impl S2s {
                     info!(remote, cert_valid, "outgoing stream encrypted");
                     let io: BoxIo = Box::new(stream);
                     let (r2, w2) = tokio::io::split(io);
-                    reader = XmlReader::new(r2, self.cfg.s2s.max_stanza_bytes);
+                    reader = XmlReader::new(r2, self.cfg.get().s2s.max_stanza_bytes);
                     w = w2;
                     tls = true;
                     continue;
@@ -257,7 +257,7 @@ impl S2s {
                 && !external
                 && offers_external
                 && self.tls.client_cert
-                && self.cfg.s2s.auth != S2sAuth::Dialback
+                && self.cfg.get().s2s.auth != S2sAuth::Dialback
             {
                 use base64::Engine;
                 let authzid = base64::engine::general_purpose::STANDARD.encode(local.as_bytes());
@@ -312,7 +312,7 @@ impl S2s {
         remote: &str,
     ) -> Result<Arc<OutboundConn>, S2sError> {
         let n = self.open_stream(local, remote).await?;
-        if self.cfg.s2s.auth == S2sAuth::Certificate && !(n.external && n.cert_valid) {
+        if self.cfg.get().s2s.auth == S2sAuth::Certificate && !(n.external && n.cert_valid) {
             let why = if !n.tls {
                 "the stream is not encrypted".to_string()
             } else if !n.cert_valid {
@@ -340,7 +340,7 @@ impl S2s {
             .and_then(|l| l.get_child("idle-seconds", ns::STREAM_LIMITS))
             .and_then(|m| m.text().trim().parse::<u64>().ok());
         // Close before the peer would (XEP-0478 idle-seconds), with a margin.
-        let own = self.cfg.idle_timeout();
+        let own = self.cfg.get().idle_timeout();
         let idle = match peer_idle {
             Some(p) if p > 10 => own.min(std::time::Duration::from_secs(p - 5)),
             _ => own,
@@ -381,7 +381,7 @@ impl S2s {
             &dialback::verify_request(receiving, originating, stream_id, key),
         )
         .await?;
-        let deadline = Instant::now() + self.cfg.handshake_timeout();
+        let deadline = Instant::now() + self.cfg.get().handshake_timeout();
         let verdict = loop {
             let el = match timeout_at(deadline, n.reader.next()).await {
                 Err(_) => return Err(S2sError::Timeout(originating.to_string())),
@@ -565,7 +565,7 @@ impl OutboundConn {
 
     /// Originating role: send our key for `local` and wait for the verdict.
     pub(crate) async fn authenticate(&self, s2s: &S2s, local: &str) -> Result<(), S2sError> {
-        if s2s.cfg.s2s.auth == S2sAuth::Certificate {
+        if s2s.cfg.get().s2s.auth == S2sAuth::Certificate {
             return Err(S2sError::DialbackRefused {
                 domain: self.remote.clone(),
                 local: local.to_string(),
@@ -584,7 +584,7 @@ impl OutboundConn {
             .await;
         let verdict = match sent {
             Err(e) => Err(e.to_string()),
-            Ok(()) => match timeout(s2s.cfg.handshake_timeout(), rx).await {
+            Ok(()) => match timeout(s2s.cfg.get().handshake_timeout(), rx).await {
                 Ok(Ok(v)) => v,
                 Ok(Err(_)) => Err("stream closed".to_string()),
                 Err(_) => Err("no dialback answer in time".to_string()),

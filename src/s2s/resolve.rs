@@ -14,8 +14,6 @@ use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
 use rand::Rng;
 
-use crate::config::Config;
-
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
     #[error("DNS lookup for {0} failed: {1}")]
@@ -50,13 +48,15 @@ pub fn parse_host_port(s: &str) -> Option<(String, u16)> {
 #[derive(Clone)]
 pub struct Resolver {
     dns: Arc<TokioResolver>,
-    routes: Arc<std::collections::BTreeMap<String, String>>,
+    /// `[s2s.routes]` are read from the live config at each look-up (SIGHUP changes them).
+    live: crate::live::Live,
     /// Whether `_xmpps-server._tcp` is asked (TLS not off).
     direct_tls: bool,
 }
 
 impl Resolver {
-    pub fn new(config: &Config) -> Result<Resolver, ResolveError> {
+    pub fn new(live: &crate::live::Live) -> Result<Resolver, ResolveError> {
+        let config = live.get();
         let mut builder = if config.dns.nameservers.is_empty() {
             TokioResolver::builder_tokio()
                 .map_err(|e| ResolveError::Dns("system resolver".into(), e.to_string()))?
@@ -86,14 +86,14 @@ impl Resolver {
             .map_err(|e| ResolveError::Dns("resolver set-up".into(), e.to_string()))?;
         Ok(Resolver {
             dns: Arc::new(dns),
-            routes: Arc::new(config.s2s.routes.clone()),
+            live: live.clone(),
             direct_tls: config.s2s.tls != crate::config::TlsMode::Off,
         })
     }
 
     /// The ordered list of (host, port) to try for `domain`.
     pub async fn targets(&self, domain: &str) -> Result<Vec<Target>, ResolveError> {
-        if let Some(route) = self.routes.get(domain)
+        if let Some(route) = self.live.get().s2s.routes.get(domain)
             && let Some((host, port)) = parse_host_port(route)
         {
             return Ok(vec![Target {
@@ -164,7 +164,7 @@ impl Resolver {
     /// `_xmpp-server._tcp` record other than the "." refusal. No record (or NXDOMAIN) is
     /// `Ok(false)`; a failed lookup is an error (the caller must not conclude anything).
     pub async fn has_xmpp_srv(&self, domain: &str) -> Result<bool, ResolveError> {
-        if self.routes.contains_key(domain) {
+        if self.has_route(domain) {
             return Ok(true);
         }
         let srv_name = format!("_xmpp-server._tcp.{domain}.");
@@ -176,6 +176,11 @@ impl Resolver {
             Err(e) if e.is_no_records_found() || e.is_nx_domain() => Ok(false),
             Err(e) => Err(ResolveError::Dns(srv_name, e.to_string())),
         }
+    }
+
+    /// Whether `[s2s.routes]` (as in force now) has an entry for `domain`.
+    pub fn has_route(&self, domain: &str) -> bool {
+        self.live.get().s2s.routes.contains_key(domain)
     }
 
     /// Socket addresses for one target host.

@@ -3,8 +3,14 @@
 //! `tls = "optional"`, because dialback authenticates the domain either way (RFC 7590 §3.4,
 //! XEP-0220 §1.2). Under `tls = "required"` an invalid peer certificate fails the handshake.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::client::ResolvesClientCert;
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -41,6 +47,83 @@ pub struct TlsContext {
     /// Whether our own certificate is presented as a client certificate on outbound
     /// streams (for SASL EXTERNAL, XEP-0178).
     pub client_cert: bool,
+    /// Our certificate (server and client side), re-read from its files on SIGHUP.
+    pub cert: Option<Arc<LiveCert>>,
+}
+
+/// A certificate chain and key that SIGHUP re-reads from the same files (a renewed
+/// certificate, e.g. by certbot, counts for the next handshake; connections already
+/// encrypted keep theirs). It is the rustls certificate resolver of the server and client
+/// configs, so swapping it needs no new config.
+#[derive(Debug)]
+pub struct LiveCert {
+    cert: PathBuf,
+    key: PathBuf,
+    provider: Arc<CryptoProvider>,
+    current: ArcSwap<CertifiedKey>,
+}
+
+impl LiveCert {
+    pub fn load(
+        cert: &Path,
+        key: &Path,
+        provider: Arc<CryptoProvider>,
+    ) -> Result<Arc<LiveCert>, TlsError> {
+        let current = ArcSwap::from_pointee(Self::read(cert, key, &provider)?);
+        Ok(Arc::new(LiveCert {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            provider,
+            current,
+        }))
+    }
+
+    fn read(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<CertifiedKey, TlsError> {
+        let chain = load_certs(cert)?;
+        let der = PrivateKeyDer::from_pem_file(key).map_err(|e| file_err(key, e))?;
+        CertifiedKey::from_der(chain, der, provider)
+            .map_err(|e| TlsError::Setup(format!("certificate and key: {e}")))
+    }
+
+    /// Re-reads the files; on any error the certificate in use stays. Ok(true) when the
+    /// certificate changed.
+    pub fn reload(&self) -> Result<bool, TlsError> {
+        let fresh = Self::read(&self.cert, &self.key, &self.provider)?;
+        let changed = fresh.cert != self.current.load().cert;
+        if changed {
+            self.current.store(Arc::new(fresh));
+        }
+        Ok(changed)
+    }
+
+    pub fn cert_path(&self) -> &Path {
+        &self.cert
+    }
+
+    /// A server config presenting this certificate, without client authentication.
+    pub fn server_config(self: &Arc<Self>) -> Result<ServerConfig, TlsError> {
+        Ok(ServerConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Setup(e.to_string()))?
+            .with_no_client_auth()
+            .with_cert_resolver(self.clone()))
+    }
+}
+
+impl ResolvesServerCert for LiveCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+impl ResolvesClientCert for LiveCert {
+    fn resolve(&self, _hints: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
 }
 
 fn file_err(path: &Path, reason: impl ToString) -> TlsError {
@@ -99,15 +182,11 @@ impl TlsContext {
             .signature_verification_algorithms
             .supported_schemes();
         let identity = match (&config.s2s.cert, &config.s2s.key) {
-            (Some(cert), Some(key)) => {
-                let chain = load_certs(cert)?;
-                let key = PrivateKeyDer::from_pem_file(key).map_err(|e| file_err(key, e))?;
-                Some((chain, key))
-            }
+            (Some(cert), Some(key)) => Some(LiveCert::load(cert, key, provider.clone())?),
             _ => None,
         };
         let server = match &identity {
-            Some((chain, key)) => {
+            Some(live) => {
                 // Peers may present a certificate (XEP-0178); it is checked after the
                 // handshake as a server certificate for the domain the peer claims.
                 let sc = ServerConfig::builder_with_provider(provider.clone())
@@ -117,8 +196,7 @@ impl TlsContext {
                         schemes: schemes.clone(),
                         provider: provider.clone(),
                     }))
-                    .with_single_cert(chain.clone(), key.clone_key())
-                    .map_err(|e| TlsError::Setup(format!("certificate and key: {e}")))?;
+                    .with_cert_resolver(live.clone());
                 Some(Arc::new(sc))
             }
             None => None,
@@ -137,10 +215,8 @@ impl TlsContext {
                     provider: provider.clone(),
                 }))
         };
-        let client = match identity {
-            Some((chain, key)) => wants_cert
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| TlsError::Setup(format!("client certificate: {e}")))?,
+        let client = match &identity {
+            Some(live) => wants_cert.with_client_cert_resolver(live.clone()),
             None => wants_cert.with_no_client_auth(),
         };
         let mut direct = client.clone();
@@ -149,6 +225,7 @@ impl TlsContext {
             mode: config.s2s.tls,
             client_cert: server.is_some(),
             server,
+            cert: identity,
             client: Arc::new(client),
             client_direct: Arc::new(direct),
             verifier,

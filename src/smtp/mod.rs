@@ -40,6 +40,9 @@
 //!   `[delivery] max_recipients` get `452 4.5.3`; `[smtp] max_errors` refused commands end
 //!   the session with `421 4.7.0`; idle clients get `421 4.4.2`; connections beyond
 //!   `[smtp] max_connections` `421 4.3.2`.
+//! - Reload (SIGHUP): a session runs under the config in force when it began, and each new
+//!   transaction (MAIL) under the one in force then; listeners, TLS, `hostname`, `verify`
+//!   and the AUTH failure limit stay as started.
 
 pub mod auth;
 pub mod data;
@@ -53,7 +56,6 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
 use crate::config::Config;
@@ -78,13 +80,18 @@ pub enum Mode {
 /// What all SMTP listeners share: the TLS acceptor, the failed-login limit, the verifier.
 pub struct Shared {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// The certificate behind `tls`, re-read on SIGHUP.
+    pub cert: Option<Arc<crate::s2s::tls::LiveCert>>,
     pub auth_limit: auth::FailureLimit,
     pub verifier: Option<verify::Verifier>,
 }
 
 impl Shared {
     pub fn new(cfg: &Config) -> Result<Shared, String> {
-        let tls = tls::acceptor(cfg).map_err(|e| format!("smtp TLS: {e}"))?;
+        let (tls, cert) = match tls::acceptor(cfg).map_err(|e| format!("smtp TLS: {e}"))? {
+            Some((a, c)) => (Some(a), Some(c)),
+            None => (None, None),
+        };
         // Without a usable resolver mail is still accepted, only not verified.
         let verifier = if cfg.smtp.verify && !cfg.smtp.listen.is_empty() {
             match verify::Verifier::new(cfg) {
@@ -99,6 +106,7 @@ impl Shared {
         };
         Ok(Shared {
             tls,
+            cert,
             auth_limit: auth::FailureLimit::new(
                 cfg.smtp.auth_max_failures,
                 Duration::from_secs(cfg.smtp.auth_failure_window_secs),
@@ -116,7 +124,7 @@ pub async fn serve(
     shared: Arc<Shared>,
     listener: TcpListener,
     (mode, implicit_tls): (Mode, bool),
-    slots: Arc<Semaphore>,
+    slots: Arc<crate::live::Slots>,
 ) {
     loop {
         let (sock, peer) = match listener.accept().await {
@@ -127,10 +135,12 @@ pub async fn serve(
                 continue;
             }
         };
+        // `[smtp] max_connections` as in force now (a SIGHUP may change it).
+        let max = core.cfg.get().smtp.max_connections;
         let core = core.clone();
         let shared = shared.clone();
-        match slots.clone().try_acquire_owned() {
-            Ok(permit) => {
+        match slots.try_take(max) {
+            Some(permit) => {
                 tokio::spawn(async move {
                     let _permit = permit;
                     let mut s = session::Session::new(core, shared, mode, peer);
@@ -140,8 +150,8 @@ pub async fn serve(
                     }
                 });
             }
-            Err(_) => {
-                warn!(%peer, "smtp: too many connections");
+            None => {
+                warn!(%peer, max, "smtp: too many connections");
                 tokio::spawn(async move {
                     let mut sock = sock;
                     let _ = sock

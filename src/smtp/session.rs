@@ -56,6 +56,9 @@ enum Next {
 
 pub struct Session {
     core: Arc<Core>,
+    /// The config in force when the session (or its current transaction) began: a SIGHUP
+    /// counts for new sessions and for each new MAIL.
+    cfg: Arc<crate::config::Config>,
     shared: Arc<Shared>,
     mode: Mode,
     peer: SocketAddr,
@@ -73,6 +76,7 @@ pub struct Session {
 impl Session {
     pub fn new(core: Arc<Core>, shared: Arc<Shared>, mode: Mode, peer: SocketAddr) -> Session {
         Session {
+            cfg: core.cfg.get(),
             core,
             shared,
             mode,
@@ -94,8 +98,7 @@ impl Session {
 
     /// Whether the client is in `[smtp] trusted_networks`.
     fn trusted(&self) -> bool {
-        self.core
-            .cfg
+        self.cfg
             .smtp
             .trusted
             .iter()
@@ -118,16 +121,15 @@ impl Session {
     fn auth_allowed(&self) -> bool {
         self.mode == Mode::Submission
             && (self.tls
-                || (self.core.cfg.smtp.submission_plaintext_loopback
-                    && self.peer.ip().is_loopback()))
+                || (self.cfg.smtp.submission_plaintext_loopback && self.peer.ip().is_loopback()))
     }
 
     fn idle(&self) -> Duration {
-        Duration::from_secs(self.core.cfg.smtp.idle_timeout_secs)
+        Duration::from_secs(self.cfg.smtp.idle_timeout_secs)
     }
 
     fn host(&self) -> String {
-        self.core.cfg.smtp_hostname().to_string()
+        self.cfg.smtp_hostname().to_string()
     }
 
     /// Runs the session; with `implicit_tls` (RFC 8314 submissions) the TLS handshake comes
@@ -146,7 +148,7 @@ impl Session {
             self.tls = true;
             return self.greet_and_serve(wrap(Box::new(tls))).await;
         }
-        let delay = self.core.cfg.smtp.greeting_delay_ms;
+        let delay = self.cfg.smtp.greeting_delay_ms;
         if delay > 0 {
             let mut b = [0u8; 1];
             match tokio::time::timeout(Duration::from_millis(delay), sock.peek(&mut b)).await {
@@ -250,7 +252,7 @@ impl Session {
                         self.errors += 1;
                     }
                     io.write_all(a.as_bytes()).await?;
-                    if self.errors >= self.core.cfg.smtp.max_errors {
+                    if self.errors >= self.cfg.smtp.max_errors {
                         info!(peer = %self.peer, errors = self.errors, "smtp: too many errors");
                         io.write_all(reply(421, "4.7.0", "too many errors, closing").as_bytes())
                             .await?;
@@ -472,10 +474,8 @@ impl Session {
                 let user = creds.map(|c| c.0).unwrap_or_default();
                 warn!(peer = %self.peer, %user, "smtp AUTH failed");
                 let blocked = self.shared.auth_limit.failed(ip);
-                tokio::time::sleep(Duration::from_millis(
-                    self.core.cfg.smtp.auth_failure_delay_ms,
-                ))
-                .await;
+                tokio::time::sleep(Duration::from_millis(self.cfg.smtp.auth_failure_delay_ms))
+                    .await;
                 if blocked {
                     Ok(Next::Close(reply(
                         421,
@@ -507,8 +507,13 @@ impl Session {
     }
 
     fn command(&mut self, req: Request<String>) -> String {
+        if matches!(req, Request::Mail { .. }) && self.sender.is_none() {
+            // A new transaction: it runs under the config in force now.
+            self.cfg = self.core.cfg.get();
+        }
         let core = self.core.clone();
-        let cfg = &core.cfg;
+        let cfg_now = self.cfg.clone();
+        let cfg: &crate::config::Config = &cfg_now;
         let host = cfg.smtp_hostname().to_string();
         match req {
             Request::Lhlo { .. } if self.mode != Mode::Lmtp => {
@@ -659,7 +664,7 @@ impl Session {
 
     /// Reads the message after 354 and answers it (one line, or one per recipient in LMTP).
     async fn data(&mut self, io: &mut Io) -> Result<String, SessionError> {
-        let cfg = self.core.cfg.clone();
+        let cfg = self.cfg.clone();
         let max = cfg.delivery.max_message_bytes;
         let mut reader = DataReader::new(max);
         let mut line = Vec::new();
@@ -884,7 +889,7 @@ impl Session {
             if self.tls { "S" } else { "" },
             if self.user.is_some() { "A" } else { "" }
         );
-        let host = self.core.cfg.smtp_hostname();
+        let host = self.cfg.smtp_hostname();
         let mut h =
             format!("Received: from {helo} ([{ip}])\r\n\tby {host} (xmta) with {with} id {id}");
         if let [(a, _)] = rcpts {

@@ -13,6 +13,7 @@ pub mod ops;
 pub mod postfix;
 pub mod prosody;
 pub mod registry;
+pub mod reload;
 pub mod smtp;
 
 use std::io::Write;
