@@ -818,14 +818,19 @@ impl Delivery {
             Err(e) => Err(e.to_string()),
             Ok(()) => {
                 debug!(id = %mail_id, domain, stanzas = n, "mail sent, waiting for receipt");
-                match tokio::time::timeout(
-                    Duration::from_secs(self.cfg.get().delivery.receipt_timeout_secs),
-                    rx,
-                )
-                .await
-                {
-                    Ok(Ok(a)) => Ok(a),
-                    _ => Err(format!("no receipt from {domain} in time")),
+                let wait = Duration::from_secs(self.cfg.get().delivery.receipt_timeout_secs);
+                // A stream that ends first (a stream error such as policy-violation, a cut
+                // connection) defers at once rather than at the timeout; a receipt that
+                // still comes over the peer's own stream is applied as a late one.
+                tokio::select! {
+                    biased;
+                    a = tokio::time::timeout(wait, rx) => match a {
+                        Ok(Ok(a)) => Ok(a),
+                        _ => Err(format!("no receipt from {domain} in time")),
+                    },
+                    () = conn.closed() => {
+                        Err(format!("the stream to {domain} closed before the receipt"))
+                    }
                 }
             }
         };
