@@ -34,12 +34,20 @@ def log(*a):
     print(*a, file=sys.stderr, flush=True)
 
 
+_GIVEN = set()
+
+
 def free_port(ip):
-    s = socket.socket()
-    s.bind((ip, 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+    """A port free on ip now, and not handed out before in this run (the kernel may give the
+    same ephemeral port to two probes in a row)."""
+    while True:
+        s = socket.socket()
+        s.bind((ip, 0))
+        p = s.getsockname()[1]
+        s.close()
+        if (ip, p) not in _GIVEN:
+            _GIVEN.add((ip, p))
+            return p
 
 
 def wait_port(ip, port, secs=30, what="server"):
