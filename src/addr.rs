@@ -21,7 +21,10 @@
 //!   [`domain_of_jid`] normalize both to the A-label.
 //! * Some valid mailboxes have no JID: a localpart with a leading or
 //!   trailing space (which XEP-0106 forbids to escape) or with characters
-//!   nodeprep prohibits (emoji, unassigned code points). They are still mail
+//!   nodeprep prohibits (emoji, unassigned code points), or a domain that
+//!   cannot be a JID domainpart (a label such as `ab--cd`, with hyphens in
+//!   the third and fourth places, which RFC 7622 §3.2 excludes and host
+//!   names still use). They are still mail
 //!   addresses (XEP-MTA §6.1: receivers MUST accept them in the envelope);
 //!   [`to_jid`](MailAddress::to_jid) is `None` for them, and the stanza then
 //!   carries the domain JID. Their canonical localpart is the value with
@@ -253,13 +256,17 @@ impl MailAddress {
     /// spelling the localpart came in.
     fn from_parts(local: String, domain: String) -> Result<MailAddress, AddrError> {
         check_local_value(&local)?;
-        let (canonical_local, has_jid) = match jid_canonical_local(&local) {
+        let (canonical_local, local_has_jid) = match jid_canonical_local(&local) {
             Ok(c) => (c, true),
             Err(AddrError::JidEdgeSpace { .. }) | Err(AddrError::NotJidLocal { .. }) => {
                 (local.to_lowercase(), false)
             }
             Err(e) => return Err(e),
         };
+        // A JID domainpart is stricter than a mail domain (RFC 7622 §3.2: NR-LDH labels and
+        // U-labels only): a label with hyphens in the third and fourth places that is not an
+        // A-label (`ab--cd`, real host names have them) is fine in mail but no JID's.
+        let has_jid = local_has_jid && jid::DomainPart::new(&domain).is_ok();
         let len = quote_local(&local).len() + 1 + domain.len();
         if len > MAX_ADDRESS_LEN {
             return Err(AddrError::TooLong { len });
@@ -854,6 +861,29 @@ mod tests {
                 .unwrap(),
             "b\\20o\\20b@x.example"
         );
+    }
+
+    /// Found by the smtp_args fuzz target: a mail domain with a reserved-LDH label (`--` in
+    /// the third and fourth places, not an A-label) got a JID that the jid crate refuses.
+    #[test]
+    fn reserved_hyphen_labels_are_mail_domains_without_jids() {
+        for s in [
+            "ttmls@itmtp.ga-------------scotp6.n.gascon16.mtp.o66fr",
+            "bob@r3---sn-abc.example",
+            "bob@ab--cd.example",
+        ] {
+            let a = MailAddress::parse(s).unwrap();
+            assert_eq!(a.to_jid(), None, "{s}");
+            assert_eq!(MailAddress::parse(&a.canonical()).unwrap(), a);
+            // Incoming JIDs with such a domain still name the mailbox.
+            let j = MailAddress::from_jid(s).unwrap();
+            assert_eq!(j.canonical(), a.canonical());
+        }
+        // A-labels are not reserved labels: they keep their JID.
+        let a = MailAddress::parse("bob@xn--bcher-kva.example").unwrap();
+        let jid = a.to_jid().unwrap();
+        assert_eq!(jid, "bob@xn--bcher-kva.example");
+        assert_eq!(jid::BareJid::new(&jid).unwrap().to_string(), jid);
     }
 
     #[test]
