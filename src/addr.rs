@@ -267,7 +267,13 @@ impl MailAddress {
         // U-labels only): a label with hyphens in the third and fourth places that is not an
         // A-label (`ab--cd`, real host names have them) is fine in mail but no JID's.
         let has_jid = local_has_jid && jid::DomainPart::new(&domain).is_ok();
-        let len = quote_local(&local).len() + 1 + domain.len();
+        // The key must parse back, so its localpart is held to the limits too: lowercasing
+        // can lengthen it (`İ`, two octets, becomes `i̇`, three).
+        let key_local = quote_local(&canonical_local).len();
+        if key_local > MAX_LOCAL_LEN {
+            return Err(AddrError::LocalTooLong { len: key_local });
+        }
+        let len = quote_local(&local).len().max(key_local) + 1 + domain.len();
         if len > MAX_ADDRESS_LEN {
             return Err(AddrError::TooLong { len });
         }
@@ -884,6 +890,35 @@ mod tests {
         let jid = a.to_jid().unwrap();
         assert_eq!(jid, "bob@xn--bcher-kva.example");
         assert_eq!(jid::BareJid::new(&jid).unwrap().to_string(), jid);
+    }
+
+    /// The key parses back even where lowercasing lengthens the localpart: an address whose
+    /// key would be over a limit is refused (the display form alone was checked before).
+    #[test]
+    fn keys_longer_than_the_address_are_held_to_the_limits() {
+        // 32 × 'İ' is 64 octets; lowercased (no JID then, nodeprep's form is too long) 96.
+        let long = format!("{}@x.example", "İ".repeat(32));
+        assert!(matches!(
+            MailAddress::parse(&long),
+            Err(AddrError::LocalTooLong { len: 96 })
+        ));
+        let no_jid = format!("\u{1F600}{}@x.example", "İ".repeat(30));
+        assert!(matches!(
+            MailAddress::parse(&no_jid),
+            Err(AddrError::LocalTooLong { .. })
+        ));
+        // Within the local limit but over the address limit once lowercased.
+        let domain = format!("{}.example", vec!["a".repeat(50); 4].join("."));
+        let total = format!("{}@{domain}", "İ".repeat(20));
+        assert!(total.len() <= MAX_ADDRESS_LEN, "{}", total.len());
+        assert!(matches!(
+            MailAddress::parse(&total),
+            Err(AddrError::TooLong { .. })
+        ));
+        // Shorter ones are fine and their keys parse back to themselves.
+        let ok = MailAddress::parse(&format!("{}@x.example", "İ".repeat(21))).unwrap();
+        let key = ok.canonical();
+        assert_eq!(MailAddress::parse(&key).unwrap().canonical(), key);
     }
 
     #[test]
