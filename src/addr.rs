@@ -259,7 +259,14 @@ impl MailAddress {
         let (canonical_local, local_has_jid) = match jid_canonical_local(&local) {
             Ok(c) => (c, true),
             Err(AddrError::JidEdgeSpace { .. }) | Err(AddrError::NotJidLocal { .. }) => {
-                (local.to_lowercase(), false)
+                // Lowercasing can make a JID localpart of it (`Ϗ`, unassigned in the Unicode
+                // version nodeprep uses, lowercases to the assigned `ϗ`): the key is then that
+                // JID's form, so that it parses back to itself.
+                let lower = local.to_lowercase();
+                match jid_canonical_local(&lower) {
+                    Ok(c) => (c, true),
+                    Err(_) => (lower, false),
+                }
             }
             Err(e) => return Err(e),
         };
@@ -919,6 +926,17 @@ mod tests {
         let ok = MailAddress::parse(&format!("{}@x.example", "İ".repeat(21))).unwrap();
         let key = ok.canonical();
         assert_eq!(MailAddress::parse(&key).unwrap().canonical(), key);
+    }
+
+    /// Found by the smtp_args fuzz target: the lowercased localpart of a mailbox without a
+    /// JID can have one, and its key then did not parse back to itself.
+    #[test]
+    fn keys_are_stable_when_lowercasing_makes_a_jid_localpart() {
+        let a = MailAddress::parse("\u{BC}\u{3CF}h@x.example").unwrap();
+        let key = a.canonical();
+        assert_eq!(MailAddress::parse(&key).unwrap().canonical(), key);
+        let jid = a.to_jid().unwrap();
+        assert_eq!(MailAddress::from_jid(&jid).unwrap().canonical(), key);
     }
 
     #[test]
