@@ -21,7 +21,10 @@
 //!   [`domain_of_jid`] normalize both to the A-label.
 //! * Some valid mailboxes have no JID: a localpart with a leading or
 //!   trailing space (which XEP-0106 forbids to escape) or with characters
-//!   nodeprep prohibits (emoji, unassigned code points). They are still mail
+//!   nodeprep prohibits (emoji, unassigned code points), or a domain that
+//!   cannot be a JID domainpart (a label such as `ab--cd`, with hyphens in
+//!   the third and fourth places, which RFC 7622 §3.2 excludes and host
+//!   names still use). They are still mail
 //!   addresses (XEP-MTA §6.1: receivers MUST accept them in the envelope);
 //!   [`to_jid`](MailAddress::to_jid) is `None` for them, and the stanza then
 //!   carries the domain JID. Their canonical localpart is the value with
@@ -253,14 +256,31 @@ impl MailAddress {
     /// spelling the localpart came in.
     fn from_parts(local: String, domain: String) -> Result<MailAddress, AddrError> {
         check_local_value(&local)?;
-        let (canonical_local, has_jid) = match jid_canonical_local(&local) {
+        let (canonical_local, local_has_jid) = match jid_canonical_local(&local) {
             Ok(c) => (c, true),
             Err(AddrError::JidEdgeSpace { .. }) | Err(AddrError::NotJidLocal { .. }) => {
-                (local.to_lowercase(), false)
+                // Lowercasing can make a JID localpart of it (`Ϗ`, unassigned in the Unicode
+                // version nodeprep uses, lowercases to the assigned `ϗ`): the key is then that
+                // JID's form, so that it parses back to itself.
+                let lower = local.to_lowercase();
+                match jid_canonical_local(&lower) {
+                    Ok(c) => (c, true),
+                    Err(_) => (lower, false),
+                }
             }
             Err(e) => return Err(e),
         };
-        let len = quote_local(&local).len() + 1 + domain.len();
+        // A JID domainpart is stricter than a mail domain (RFC 7622 §3.2: NR-LDH labels and
+        // U-labels only): a label with hyphens in the third and fourth places that is not an
+        // A-label (`ab--cd`, real host names have them) is fine in mail but no JID's.
+        let has_jid = local_has_jid && jid::DomainPart::new(&domain).is_ok();
+        // The key must parse back, so its localpart is held to the limits too: lowercasing
+        // can lengthen it (`İ`, two octets, becomes `i̇`, three).
+        let key_local = quote_local(&canonical_local).len();
+        if key_local > MAX_LOCAL_LEN {
+            return Err(AddrError::LocalTooLong { len: key_local });
+        }
+        let len = quote_local(&local).len().max(key_local) + 1 + domain.len();
         if len > MAX_ADDRESS_LEN {
             return Err(AddrError::TooLong { len });
         }
@@ -854,6 +874,69 @@ mod tests {
                 .unwrap(),
             "b\\20o\\20b@x.example"
         );
+    }
+
+    /// Found by the smtp_args fuzz target: a mail domain with a reserved-LDH label (`--` in
+    /// the third and fourth places, not an A-label) got a JID that the jid crate refuses.
+    #[test]
+    fn reserved_hyphen_labels_are_mail_domains_without_jids() {
+        for s in [
+            "ttmls@itmtp.ga-------------scotp6.n.gascon16.mtp.o66fr",
+            "bob@r3---sn-abc.example",
+            "bob@ab--cd.example",
+        ] {
+            let a = MailAddress::parse(s).unwrap();
+            assert_eq!(a.to_jid(), None, "{s}");
+            assert_eq!(MailAddress::parse(&a.canonical()).unwrap(), a);
+            // Incoming JIDs with such a domain still name the mailbox.
+            let j = MailAddress::from_jid(s).unwrap();
+            assert_eq!(j.canonical(), a.canonical());
+        }
+        // A-labels are not reserved labels: they keep their JID.
+        let a = MailAddress::parse("bob@xn--bcher-kva.example").unwrap();
+        let jid = a.to_jid().unwrap();
+        assert_eq!(jid, "bob@xn--bcher-kva.example");
+        assert_eq!(jid::BareJid::new(&jid).unwrap().to_string(), jid);
+    }
+
+    /// The key parses back even where lowercasing lengthens the localpart: an address whose
+    /// key would be over a limit is refused (the display form alone was checked before).
+    #[test]
+    fn keys_longer_than_the_address_are_held_to_the_limits() {
+        // 32 × 'İ' is 64 octets; lowercased (no JID then, nodeprep's form is too long) 96.
+        let long = format!("{}@x.example", "İ".repeat(32));
+        assert!(matches!(
+            MailAddress::parse(&long),
+            Err(AddrError::LocalTooLong { len: 96 })
+        ));
+        let no_jid = format!("\u{1F600}{}@x.example", "İ".repeat(30));
+        assert!(matches!(
+            MailAddress::parse(&no_jid),
+            Err(AddrError::LocalTooLong { .. })
+        ));
+        // Within the local limit but over the address limit once lowercased.
+        let domain = format!("{}.example", vec!["a".repeat(50); 4].join("."));
+        let total = format!("{}@{domain}", "İ".repeat(20));
+        assert!(total.len() <= MAX_ADDRESS_LEN, "{}", total.len());
+        assert!(matches!(
+            MailAddress::parse(&total),
+            Err(AddrError::TooLong { .. })
+        ));
+        // Shorter ones are fine and their keys parse back to themselves.
+        let ok = MailAddress::parse(&format!("{}@x.example", "İ".repeat(21))).unwrap();
+        let key = ok.canonical();
+        assert_eq!(MailAddress::parse(&key).unwrap().canonical(), key);
+    }
+
+    /// Found by the smtp_args fuzz target: the lowercased localpart of a mailbox without a
+    /// JID can have one, and its key then did not parse back to itself.
+    #[test]
+    fn keys_are_stable_when_lowercasing_makes_a_jid_localpart() {
+        let a = MailAddress::parse("\u{BC}\u{3CF}h@x.example").unwrap();
+        let key = a.canonical();
+        assert_eq!(MailAddress::parse(&key).unwrap().canonical(), key);
+        let jid = a.to_jid().unwrap();
+        assert_eq!(MailAddress::from_jid(&jid).unwrap().canonical(), key);
     }
 
     #[test]

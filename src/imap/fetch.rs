@@ -896,6 +896,16 @@ mod tests {
         }
     }
 
+    /// Found by the imap fuzz target: corrupt nested MIME on which mail-parser's recovery
+    /// hits its own `debug_assert!` (off in xmta's dev profile, see Cargo.toml); the FETCH
+    /// response must still be IMAP.
+    #[test]
+    fn corrupt_mime_found_by_fuzzing_renders() {
+        let seed = include_bytes!("../../tests/fuzz/corpus/imap/regress-mail-parser-debug-assert");
+        // The first byte picks the FETCH part of the target.
+        parses(&fetch_line(&seed[1..]));
+    }
+
     #[test]
     fn strings_become_literals_where_they_must() {
         let mut out = Vec::new();

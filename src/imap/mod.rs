@@ -24,10 +24,16 @@
 //! UTF-8 in the store (utf7.rs); \Recent is handed out through a store op (`ClaimRecent`).
 
 mod auth;
-mod fetch;
-mod search;
+/// Public only for the cargo-fuzz targets in tests/fuzz (FETCH rendering); not an API.
+#[doc(hidden)]
+pub mod fetch;
+/// Public only for the cargo-fuzz targets in tests/fuzz (SEARCH evaluation); not an API.
+#[doc(hidden)]
+pub mod search;
 mod session;
-mod utf7;
+/// Public only for the cargo-fuzz targets in tests/fuzz (modified UTF-7); not an API.
+#[doc(hidden)]
+pub mod utf7;
 
 use std::sync::Arc;
 use std::time::Duration;
