@@ -172,14 +172,7 @@ fn plain_xmpp_domain_goes_to_the_smarthost_and_socketmap_says_notfound() {
         extra: &extra_a,
         s2s_extra: "",
     });
-    let cfg = std::fs::read_to_string(&a.config).expect("config");
-    let cfg = cfg.replacen(
-        &format!("listen = [\"{}\"]", a.addr),
-        &format!("listen = [\"{ip_a}:5269\"]"),
-        1,
-    );
-    std::fs::write(&a.config, cfg).expect("config");
-    a.addr = format!("{ip_a}:5269").parse().expect("addr");
+    a.use_default_port();
     let p = Prosody::start(ip_p, "p.test", &[(ip_a, "a.test")], "", "");
     p.register("carol", "secret");
     a.start();

@@ -624,15 +624,22 @@ impl Xmta {
     /// A record alone (Prosody with a hosts file) connects to.
     pub fn on_default_port(domain: &str, ip: &str) -> Xmta {
         let mut x = Xmta::plain(domain, ip);
-        let cfg = std::fs::read_to_string(&x.config).expect("config");
+        x.use_default_port();
+        x
+    }
+
+    /// Moves the s2s listener to port 5269 on the same address (where peers that resolve
+    /// the domain by A record, like Prosody's dialback, connect).
+    pub fn use_default_port(&mut self) {
+        let ip = self.addr.ip();
+        let cfg = std::fs::read_to_string(&self.config).expect("config");
         let cfg = cfg.replacen(
-            &format!("listen = [\"{}\"]", x.addr),
+            &format!("listen = [\"{}\"]", self.addr),
             &format!("listen = [\"{ip}:5269\"]"),
             1,
         );
-        std::fs::write(&x.config, cfg).expect("config");
-        x.addr = format!("{ip}:5269").parse().expect("addr");
-        x
+        std::fs::write(&self.config, cfg).expect("config");
+        self.addr = format!("{ip}:5269").parse().expect("addr");
     }
 }
 
