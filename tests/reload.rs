@@ -434,3 +434,52 @@ fn registry_policy_by_sighup() {
     assert!(got.contains("refused-then-exempted"), "{got}");
     assert!(!got.contains("x-xmta-registry="), "{got}");
 }
+
+/// Reads one CRLF line from a raw IMAP connection (None when closed or silent for 10 s).
+fn imap_line(c: &mut std::net::TcpStream) -> Option<String> {
+    use std::io::Read;
+    c.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("timeout");
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while !line.ends_with(b"\r\n") {
+        match c.read(&mut b) {
+            Ok(1) => line.push(b[0]),
+            _ => return None,
+        }
+    }
+    Some(String::from_utf8_lossy(&line).into_owned())
+}
+
+/// `[imap] max_connections` lowered by SIGHUP refuses a new connection with BYE and keeps
+/// the open one; raised again, new connections are served.
+#[test]
+fn imap_limits_by_sighup() {
+    use std::io::Write;
+    let (x, addr) = common::imap::imap_server(
+        "i.test",
+        "127.0.2.35",
+        "max_connections = 5\nmax_command_line = 8192",
+    );
+    x.add_user("ann@i.test");
+    let mut open = std::net::TcpStream::connect(addr).expect("connect");
+    assert!(imap_line(&mut open).expect("greeting").starts_with("* OK"));
+    reload(
+        &x,
+        "max_connections = 5\nmax_command_line = 8192",
+        "max_connections = 1\nmax_command_line = 8192",
+    );
+    // One connection is open: a new one is refused at once; the open one still works.
+    let mut extra = std::net::TcpStream::connect(addr).expect("connect");
+    let bye = imap_line(&mut extra).expect("an answer");
+    assert!(bye.starts_with("* BYE [UNAVAILABLE]"), "{bye}");
+    open.write_all(b"a1 NOOP\r\n").expect("write");
+    let ok = imap_line(&mut open).expect("NOOP answer");
+    assert!(ok.starts_with("a1 OK"), "{ok}");
+    drop(open);
+    // Raised again: a new connection is served.
+    reload(&x, "max_connections = 1\n", "max_connections = 5\n");
+    let mut again = std::net::TcpStream::connect(addr).expect("connect");
+    let g = imap_line(&mut again).expect("greeting");
+    assert!(g.starts_with("* OK"), "{g}");
+}
