@@ -425,56 +425,19 @@ fn reload_certs(certs: &[Arc<crate::s2s::tls::LiveCert>]) {
 
 /// The sections whose values differ between `a` and `b` (for the reload's log line).
 fn changed_sections(a: &Config, b: &Config) -> Vec<&'static str> {
-    let pairs = [
-        (
-            "server",
-            format!("{:?}", a.server),
-            format!("{:?}", b.server),
-        ),
-        ("s2s", format!("{:?}", a.s2s), format!("{:?}", b.s2s)),
-        ("dns", format!("{:?}", a.dns), format!("{:?}", b.dns)),
-        (
-            "delivery",
-            format!("{:?}", a.delivery),
-            format!("{:?}", b.delivery),
-        ),
-        ("log", format!("{:?}", a.log), format!("{:?}", b.log)),
-        ("smtp", format!("{:?}", a.smtp), format!("{:?}", b.smtp)),
-        (
-            "registry",
-            format!("{:?}", a.registry),
-            format!("{:?}", b.registry),
-        ),
-        (
-            "postfix",
-            format!("{:?}", a.postfix),
-            format!("{:?}", b.postfix),
-        ),
-        (
-            "public",
-            format!("{:?}", a.public),
-            format!("{:?}", b.public),
-        ),
-        (
-            "shutdown",
-            format!("{:?}", a.shutdown),
-            format!("{:?}", b.shutdown),
-        ),
-        (
-            "import",
-            format!("{:?}", a.import),
-            format!("{:?}", b.import),
-        ),
-        ("imap", format!("{:?}", a.imap), format!("{:?}", b.imap)),
-        (
-            "gateway",
-            format!("{:?}", a.gateway),
-            format!("{:?}", b.gateway),
-        ),
-    ];
-    pairs
-        .into_iter()
-        .filter(|(_, x, y)| x != y)
-        .map(|(n, _, _)| n)
-        .collect()
+    macro_rules! differing {
+        ($($section:ident),*) => {{
+            let mut out = Vec::new();
+            $(
+                if format!("{:?}", a.$section) != format!("{:?}", b.$section) {
+                    out.push(stringify!($section));
+                }
+            )*
+            out
+        }};
+    }
+    differing!(
+        server, s2s, dns, delivery, log, smtp, component, registry, postfix, metrics, public,
+        shutdown, import, imap, gateway
+    )
 }
