@@ -240,7 +240,9 @@ pub async fn execute(
         }
         Request::QueueFlush => match delivery {
             Some(d) => Response::ok(vec![format!("{} queued item(s) made due now", d.flush())]),
-            None => Response::err("the queue can only be flushed while the server runs"),
+            None => Response::err(
+                "the queue can only be flushed while the server runs (start `xmta serve`; at start it retries what is due anyway)",
+            ),
         },
         Request::Ping => Response::ok(vec![format!(
             "xmta {} pid {}",
