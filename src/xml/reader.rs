@@ -152,10 +152,10 @@ impl<R: AsyncRead + Unpin> XmlReader<R> {
         // peer deserves the specific condition. Look a few bytes back for split markers.
         let from = before.saturating_sub(8);
         let fresh = &self.buf[from..];
-        if fresh
-            .windows(9)
-            .any(|w| w == b"<!DOCTYPE" || w.starts_with(b"<!ENTITY"))
-        {
+        if memchr::memmem::find_iter(fresh, b"<!").any(|i| {
+            let w = &fresh[i..];
+            w.starts_with(b"<!DOCTYPE") || w.starts_with(b"<!ENTITY")
+        }) {
             return Err(XmlError::RestrictedXml(
                 "a DTD or entity declaration".into(),
             ));
