@@ -633,19 +633,30 @@ async fn writer_task(
                     Ok(Some(first)) => {
                         buf.clear();
                         let mut acks = Vec::new();
+                        // A stanza alone is written as it is, not copied (a big mail).
+                        let mut single: Option<String> = None;
                         let mut next = Some(first);
                         // Coalesce whatever else is queued into one write.
                         while let Some(item) = next.take() {
                             match item {
-                                Outgoing::Data(d) => buf.push_str(&d),
+                                Outgoing::Data(d) if buf.is_empty() && single.is_none() => {
+                                    single = Some(d)
+                                }
+                                Outgoing::Data(d) => {
+                                    if let Some(s) = single.take() {
+                                        buf.push_str(&s);
+                                    }
+                                    buf.push_str(&d);
+                                }
                                 Outgoing::Flushed(ack) => acks.push(ack),
                             }
-                            if buf.len() < 1 << 20 {
+                            if buf.len() + single.as_ref().map_or(0, String::len) < 1 << 20 {
                                 next = rx.try_recv().ok();
                             }
                         }
+                        let out = single.as_deref().unwrap_or(&buf);
                         if let Err(e) = async {
-                            w.write_all(buf.as_bytes()).await?;
+                            w.write_all(out.as_bytes()).await?;
                             w.flush().await
                         }.await {
                             conn.mark_closed(&format!("write failed: {e}"));

@@ -62,7 +62,7 @@ impl DataReader {
             self.bare = true;
             return false;
         };
-        if text.contains(&b'\r') || text.contains(&b'\n') {
+        if memchr::memchr2(b'\r', b'\n', text).is_some() {
             self.bare = true;
             return false;
         }

@@ -43,6 +43,19 @@ fn wrap(s: Box<dyn Stream>) -> Io {
 }
 
 /// One reply line.
+/// Adds `bytes` to the start of a line held across reads; once the line is longer than
+/// `max` only its last two bytes are kept (enough to tell whether it ends in CRLF).
+fn append_partial(partial: &mut Vec<u8>, long: &mut bool, bytes: &[u8], max: usize) {
+    if !*long && partial.len() + bytes.len() > max {
+        *long = true;
+    }
+    partial.extend_from_slice(bytes);
+    if *long {
+        let keep = partial.len().saturating_sub(2);
+        partial.drain(..keep);
+    }
+}
+
 fn reply(code: u16, esc: &str, text: &str) -> String {
     format!("{code} {esc} {text}\r\n")
 }
@@ -306,6 +319,71 @@ impl Session {
             r.consume(n);
             if done {
                 return Ok(too_long);
+            }
+        }
+    }
+
+    /// Feeds the message text to `reader` up to and including the end-of-data line,
+    /// taking every complete line of a read at once (a line is only copied when it spans
+    /// two reads). Lines longer than `max_line` are reported by their last two bytes, as
+    /// [`Self::read_line`] does. What follows the end of data stays buffered (pipelining).
+    async fn read_data(
+        &self,
+        io: &mut Io,
+        reader: &mut DataReader,
+        max_line: usize,
+    ) -> Result<(), SessionError> {
+        // The start of a line that an earlier read ended inside, and whether it is too long.
+        let mut partial: Vec<u8> = Vec::new();
+        let mut partial_long = false;
+        loop {
+            if io.buffer().is_empty() {
+                // The 354 must be out before waiting for the text.
+                io.flush().await?;
+            }
+            let buf = match tokio::time::timeout(self.idle(), io.fill_buf()).await {
+                Ok(b) => b?,
+                Err(_) => return Err(SessionError::Idle),
+            };
+            if buf.is_empty() {
+                return Err(SessionError::Closed);
+            }
+            let mut used = 0;
+            let mut ended = false;
+            for nl in memchr::memchr_iter(b'\n', buf) {
+                let piece = &buf[used..=nl];
+                used = nl + 1;
+                let end = if partial.is_empty() && !partial_long {
+                    if piece.len() > max_line {
+                        reader.long_line(&piece[piece.len().saturating_sub(2)..]);
+                        false
+                    } else {
+                        reader.line(piece)
+                    }
+                } else {
+                    append_partial(&mut partial, &mut partial_long, piece, max_line);
+                    let end = if partial_long {
+                        reader.long_line(&partial);
+                        false
+                    } else {
+                        reader.line(&partial)
+                    };
+                    partial.clear();
+                    partial_long = false;
+                    end
+                };
+                if end {
+                    ended = true;
+                    break;
+                }
+            }
+            if !ended {
+                append_partial(&mut partial, &mut partial_long, &buf[used..], max_line);
+                used = buf.len();
+            }
+            io.consume(used);
+            if ended {
+                return Ok(());
             }
         }
     }
@@ -667,20 +745,8 @@ impl Session {
         let cfg = self.cfg.clone();
         let max = cfg.delivery.max_message_bytes;
         let mut reader = DataReader::new(max);
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            if self
-                .read_line(io, &mut line, cfg.smtp.max_line_bytes)
-                .await?
-            {
-                reader.long_line(&line);
-                continue;
-            }
-            if reader.line(&line) {
-                break;
-            }
-        }
+        self.read_data(io, &mut reader, cfg.smtp.max_line_bytes)
+            .await?;
         let rcpts = std::mem::take(&mut self.rcpts);
         let sender = self.sender.take().unwrap_or_default();
         let n = match self.mode {
