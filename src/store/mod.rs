@@ -434,6 +434,8 @@ struct Shared {
     reopen: Reopen,
     commits: AtomicU64,
     changes: tokio::sync::broadcast::Sender<MailboxChange>,
+    /// Lazy requests waiting for a commit (see the writer's module doc).
+    lazy: std::sync::Mutex<writer::Lazy>,
 }
 
 impl Store {
@@ -478,6 +480,7 @@ impl Store {
             reopen,
             commits: AtomicU64::new(0),
             changes: tokio::sync::broadcast::channel(CHANGE_BACKLOG).0,
+            lazy: Default::default(),
         });
         let (tx, rx) = mpsc::channel();
         let thread_shared = shared.clone();
@@ -516,14 +519,20 @@ impl Store {
     /// removal of a delivered queue item (a re-send is recognised by the receiver's
     /// duplicate memory). Not durable when this returns.
     pub fn apply_lazily(&self, ops: Vec<Op>) -> Result<(), StoreError> {
-        let (reply, _) = oneshot::channel();
         let tx = self.inner.tx.as_ref().ok_or(StoreError::WriterGone)?;
-        tx.send(writer::Request {
-            ops,
-            reply,
-            lazy: true,
-        })
-        .map_err(|_| StoreError::WriterGone)
+        let held = self.inner.shared.hold_lazily(ops);
+        // The writer is woken only when it has to start counting (the first one held) or
+        // to commit (the most it holds); the others just wait in the buffer.
+        if held == 1 || held == writer::LAZY_MAX {
+            let (reply, _) = oneshot::channel();
+            tx.send(writer::Request {
+                ops: Vec::new(),
+                reply,
+                lazy: true,
+            })
+            .map_err(|_| StoreError::WriterGone)?;
+        }
+        Ok(())
     }
 
     async fn apply_one(&self, op: Op) -> Result<OpResult, StoreError> {

@@ -8,10 +8,12 @@
 //!
 //! Lazy requests ([`super::Store::apply_lazily`], used for dequeuing delivered mail, whose
 //! loss in a crash only causes a re-send the receiver recognises) are not answered and get
-//! no commit of their own: they are held and go with the first commit that is due anyway
-//! when nothing else arrived for [`LAZY_LINGER`], when they are [`LAZY_MAX_AGE`] old, when
-//! [`LAZY_MAX`] are held, or with an empty request (a flush, as at shutdown). The commits
-//! that acknowledge mail stay small.
+//! no commit of their own. They wait in a buffer the handles share with this thread
+//! ([`Lazy`]), so holding one costs no wake-up of this thread (only the first of a run and
+//! the [`LAZY_MAX`]th send it a tick). They go with the first commit that is due anyway once
+//! they are [`LAZY_MAX_AGE`] old or [`LAZY_MAX`] are held, with an empty request (a flush,
+//! as at shutdown), or in a commit of their own when no request and no further lazy one
+//! came for [`LAZY_LINGER`]. The commits that acknowledge mail stay small.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::Ordering;
@@ -41,8 +43,40 @@ pub const LAZY_MAX: usize = 1024;
 pub(super) struct Request {
     pub ops: Vec<Op>,
     pub reply: oneshot::Sender<Result<Vec<OpResult>, StoreError>>,
-    /// Nobody waits for it: see the module doc.
+    /// A tick: lazy requests were held (its `ops` are empty; see the module doc).
     pub lazy: bool,
+}
+
+/// Lazy requests held for a later commit, oldest first.
+#[derive(Default)]
+pub(super) struct Lazy {
+    held: Vec<Vec<Op>>,
+    since: Option<Instant>,
+}
+
+impl Shared {
+    /// Holds `ops` for a later commit; returns how many requests are held now.
+    pub(super) fn hold_lazily(&self, ops: Vec<Op>) -> usize {
+        let mut lazy = self.lazy.lock().unwrap_or_else(PoisonError::into_inner);
+        if lazy.held.is_empty() {
+            lazy.since = Some(Instant::now());
+        }
+        lazy.held.push(ops);
+        lazy.held.len()
+    }
+
+    /// How many are held and how long the oldest has waited.
+    fn lazy_state(&self) -> (usize, Duration) {
+        let lazy = self.lazy.lock().unwrap_or_else(PoisonError::into_inner);
+        let age = lazy.since.map(|t| t.elapsed()).unwrap_or_default();
+        (lazy.held.len(), age)
+    }
+
+    fn take_lazy(&self) -> Vec<Vec<Op>> {
+        let mut lazy = self.lazy.lock().unwrap_or_else(PoisonError::into_inner);
+        lazy.since = None;
+        std::mem::take(&mut lazy.held)
+    }
 }
 
 impl Request {
@@ -69,24 +103,36 @@ enum Failure {
 /// Runs until every `Store` handle is gone (the channel closes).
 pub(super) fn run(shared: &Shared, rx: mpsc::Receiver<Request>) {
     let mut carry: Option<Request> = None;
-    let mut held: Vec<Request> = Vec::new();
-    let mut held_since = Instant::now();
+    // How many lazy requests were held when the linger last ran out: more now means they
+    // are still coming (a busy moment), so they wait for a commit due anyway.
+    let mut seen = 0;
     loop {
         let first = match carry.take() {
             Some(request) => request,
-            None if held.is_empty() => match rx.recv() {
-                Ok(request) => request,
-                Err(_) => break,
-            },
             None => {
-                let wait = LAZY_LINGER.min(LAZY_MAX_AGE.saturating_sub(held_since.elapsed()));
-                match rx.recv_timeout(wait) {
-                    Ok(request) => request,
-                    Err(mpsc::RecvTimeoutError::Timeout) => {
-                        commit_lazy(shared, std::mem::take(&mut held));
-                        continue;
+                let (held, age) = shared.lazy_state();
+                if held == 0 {
+                    seen = 0;
+                    match rx.recv() {
+                        Ok(request) => request,
+                        Err(_) => break,
                     }
-                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                } else {
+                    let wait = LAZY_LINGER.min(LAZY_MAX_AGE.saturating_sub(age));
+                    match rx.recv_timeout(wait) {
+                        Ok(request) => request,
+                        Err(mpsc::RecvTimeoutError::Timeout) => {
+                            let (held, age) = shared.lazy_state();
+                            if held > seen && held < LAZY_MAX && age < LAZY_MAX_AGE {
+                                seen = held;
+                            } else {
+                                seen = 0;
+                                commit_lazy(shared, shared.take_lazy());
+                            }
+                            continue;
+                        }
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    }
                 }
             }
         };
@@ -102,48 +148,55 @@ pub(super) fn run(shared: &Shared, rx: mpsc::Receiver<Request>) {
             bytes += more;
             batch.push(request);
         }
-        let (lazy, mut batch): (Vec<Request>, Vec<Request>) =
-            batch.into_iter().partition(|r| r.lazy);
-        if !lazy.is_empty() {
-            if held.is_empty() {
-                held_since = Instant::now();
-            }
-            held.extend(lazy);
-        }
+        // Ticks only woke us.
+        batch.retain(|r| !r.lazy);
+        let (held, age) = shared.lazy_state();
         let flush = batch.iter().any(|r| r.ops.is_empty())
-            || held.len() >= LAZY_MAX
-            || (!held.is_empty() && held_since.elapsed() >= LAZY_MAX_AGE);
-        if flush && !held.is_empty() {
-            // The held ones are older: they go first.
-            held.append(&mut batch);
-            batch = std::mem::take(&mut held);
-        }
+            || held >= LAZY_MAX
+            || (held > 0 && age >= LAZY_MAX_AGE);
+        let lazy = if flush && held > 0 {
+            seen = 0;
+            shared.take_lazy()
+        } else {
+            Vec::new()
+        };
         if batch.is_empty() {
+            commit_lazy(shared, lazy);
             continue;
         }
-        commit_answering(shared, batch);
+        commit_answering(shared, lazy, batch);
     }
-    commit_lazy(shared, held);
+    commit_lazy(shared, shared.take_lazy());
     debug!("store writer stopped");
 }
 
-fn commit_answering(shared: &Shared, batch: Vec<Request>) {
-    let ops: Vec<&[Op]> = batch.iter().map(|r| r.ops.as_slice()).collect();
-    let results = shared.process(&ops);
-    for (request, result) in batch.into_iter().zip(results) {
-        // The caller may have given up waiting (or, lazy, never waited); the write stands.
+/// Commits `batch` (after the held `lazy` requests, which are older) and answers it.
+fn commit_answering(shared: &Shared, lazy: Vec<Vec<Op>>, batch: Vec<Request>) {
+    let ops: Vec<&[Op]> = lazy
+        .iter()
+        .map(Vec::as_slice)
+        .chain(batch.iter().map(|r| r.ops.as_slice()))
+        .collect();
+    let mut results = shared.process(&ops);
+    let answers = results.split_off(lazy.len());
+    let failed = results.iter().filter(|r| r.is_err()).count();
+    if failed > 0 {
+        warn!(failed, of = lazy.len(), "lazy store writes failed");
+    }
+    for (request, result) in batch.into_iter().zip(answers) {
+        // The caller may have given up waiting; the write stands.
         let _ = request.reply.send(result);
     }
 }
 
 /// Commits held lazy requests on their own; a failure is logged (their items are sent
 /// again after a restart and recognised by the receiver).
-fn commit_lazy(shared: &Shared, held: Vec<Request>) {
+fn commit_lazy(shared: &Shared, held: Vec<Vec<Op>>) {
     if held.is_empty() {
         return;
     }
     let n = held.len();
-    let ops: Vec<&[Op]> = held.iter().map(|r| r.ops.as_slice()).collect();
+    let ops: Vec<&[Op]> = held.iter().map(Vec::as_slice).collect();
     let failed = shared
         .process(&ops)
         .into_iter()
