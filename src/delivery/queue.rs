@@ -456,30 +456,11 @@ impl Delivery {
     }
 
     async fn attempt(self: &Arc<Self>, id: &str) {
-        let item = match self.store.queue_item(id) {
-            Ok(Some(i)) => i,
+        let (item, body) = match self.store.queue_item_with_body(id) {
+            Ok(Some(found)) => found,
             Ok(None) => return,
             Err(e) => {
                 warn!(id, error = %e, "cannot read queue item; retrying later");
-                self.schedule(
-                    id,
-                    crate::now() + self.cfg.get().delivery.retry_initial_secs as i64,
-                );
-                return;
-            }
-        };
-        let body = match self.store.queue_body(id) {
-            Ok(Some(b)) => b,
-            Ok(None) => {
-                warn!(id, "queue item without a body; dropping it");
-                let _ = self
-                    .store
-                    .apply(vec![Op::RemoveQueue { id: id.to_string() }])
-                    .await;
-                return;
-            }
-            Err(e) => {
-                warn!(id, error = %e, "cannot read queue body; retrying later");
                 self.schedule(
                     id,
                     crate::now() + self.cfg.get().delivery.retry_initial_secs as i64,

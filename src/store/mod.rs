@@ -804,6 +804,23 @@ impl Store {
         })
     }
 
+    /// The item and its body in one read (what a delivery attempt needs); `None` when the
+    /// item is gone. A body that cannot be read fails the whole call.
+    pub fn queue_item_with_body(
+        &self,
+        id: &str,
+    ) -> Result<Option<(QueueItem, Vec<u8>)>, StoreError> {
+        self.read(|txn| {
+            let queue = txn.open_table(tables::QUEUE)?;
+            let Some(rec) = queue.get(id)? else {
+                return Ok(None);
+            };
+            let rec: QueueRec = decode("queue item", rec.value())?;
+            let body = read_body(txn, rec.body, rec.size)?;
+            Ok(Some((rec.into_item(id), body)))
+        })
+    }
+
     pub fn queue_body(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.read(|txn| {
             let queue = txn.open_table(tables::QUEUE)?;

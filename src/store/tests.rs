@@ -290,6 +290,12 @@ async fn queue_lifecycle_and_body_refcount() {
     assert_eq!(store.queue_body("q1").unwrap().unwrap(), b"first");
 
     let mut item = store.queue_item("q1").unwrap().unwrap();
+    let (same, body) = store.queue_item_with_body("q1").unwrap().unwrap();
+    assert_eq!(
+        (same.id.as_str(), same.size, &body[..]),
+        ("q1", 5, &b"first"[..])
+    );
+    assert!(store.queue_item_with_body("nope").unwrap().is_none());
     assert_eq!(item.size, 5);
     assert_eq!(item.attempts, 0);
     assert_eq!(item.recipients[0].status, RcptStatus::Pending);
@@ -330,6 +336,7 @@ async fn queue_lifecycle_and_body_refcount() {
     assert!(store.remove_queue("q1").await.unwrap());
     assert!(!store.remove_queue("q1").await.unwrap());
     assert_eq!(store.queue_body("q1").unwrap(), None);
+    assert!(store.queue_item_with_body("q1").unwrap().is_none());
     assert_eq!(body_count(&store), 1);
     // The Sent copy still holds the shared body.
     assert!(store.remove_queue("q2").await.unwrap());
