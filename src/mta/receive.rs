@@ -594,6 +594,10 @@ fn deliver(core: Arc<Core>, origin: &Origin, mail_id: String, env: Envelope, dat
         let mut message = Vec::with_capacity(trace.len() + data.len());
         message.extend_from_slice(trace.as_bytes());
         message.extend_from_slice(&data);
+        let size = data.len();
+        drop(data);
+        // Shared, not copied, by the delivery and an SRS forward.
+        let message = bytes::Bytes::from(message);
         let mut receipts: Vec<RcptReceipt> = Vec::new();
         let mut known = Vec::new();
         let mut canon_of: Vec<(String, String)> = Vec::new();
@@ -635,7 +639,7 @@ fn deliver(core: Arc<Core>, origin: &Origin, mail_id: String, env: Envelope, dat
                 }),
                 recipients: known,
                 folder: "INBOX".into(),
-                message: message.clone().into(),
+                message: message.clone(),
                 internal_date: now,
                 flags: Vec::new(),
             };
@@ -666,7 +670,7 @@ fn deliver(core: Arc<Core>, origin: &Origin, mail_id: String, env: Envelope, dat
                     .filter(|(_, o)| matches!(o, LocalOutcome::Stored))
                     .count(),
             );
-            info!(%from_domain, %mail_id, sender = %env.mail_from, size = data.len(), recipients = n, "mail stored");
+            info!(%from_domain, %mail_id, sender = %env.mail_from, size, recipients = n, "mail stored");
         }
         if !forwards.is_empty() {
             receipts.extend(
