@@ -297,13 +297,7 @@ impl Session {
             if !r.buffer().contains(&b'\n') {
                 r.flush().await?;
             }
-            let buf = match tokio::time::timeout(self.idle(), r.fill_buf()).await {
-                Ok(b) => b?,
-                Err(_) => return Err(SessionError::Idle),
-            };
-            if buf.is_empty() {
-                return Err(SessionError::Closed);
-            }
+            let buf = self.fill(r).await?;
             let (n, done) = match buf.iter().position(|&b| b == b'\n') {
                 Some(p) => (p + 1, true),
                 None => (buf.len(), false),
@@ -321,6 +315,19 @@ impl Session {
                 return Ok(too_long);
             }
         }
+    }
+
+    /// The buffered input, reading more if it is empty; the idle timeout and the client's
+    /// close are errors.
+    async fn fill<'a>(&self, io: &'a mut Io) -> Result<&'a [u8], SessionError> {
+        let buf = match tokio::time::timeout(self.idle(), io.fill_buf()).await {
+            Ok(b) => b?,
+            Err(_) => return Err(SessionError::Idle),
+        };
+        if buf.is_empty() {
+            return Err(SessionError::Closed);
+        }
+        Ok(buf)
     }
 
     /// Feeds the message text to `reader` up to and including the end-of-data line,
@@ -341,13 +348,7 @@ impl Session {
                 // The 354 must be out before waiting for the text.
                 io.flush().await?;
             }
-            let buf = match tokio::time::timeout(self.idle(), io.fill_buf()).await {
-                Ok(b) => b?,
-                Err(_) => return Err(SessionError::Idle),
-            };
-            if buf.is_empty() {
-                return Err(SessionError::Closed);
-            }
+            let buf = self.fill(io).await?;
             let mut used = 0;
             let mut ended = false;
             for nl in memchr::memchr_iter(b'\n', buf) {
