@@ -822,14 +822,7 @@ impl Store {
     }
 
     pub fn queue_body(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.read(|txn| {
-            let queue = txn.open_table(tables::QUEUE)?;
-            let Some(rec) = queue.get(id)? else {
-                return Ok(None);
-            };
-            let rec: QueueRec = decode("queue item", rec.value())?;
-            read_body(txn, rec.body, rec.size).map(Some)
-        })
+        Ok(self.queue_item_with_body(id)?.map(|(_, body)| body))
     }
 
     pub fn secret(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {

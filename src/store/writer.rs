@@ -179,10 +179,7 @@ fn commit_answering(shared: &Shared, lazy: Vec<Vec<Op>>, batch: Vec<Request>) {
         .collect();
     let mut results = shared.process(&ops);
     let answers = results.split_off(lazy.len());
-    let failed = results.iter().filter(|r| r.is_err()).count();
-    if failed > 0 {
-        warn!(failed, of = lazy.len(), "lazy store writes failed");
-    }
+    warn_lazy_failures(&results);
     for (request, result) in batch.into_iter().zip(answers) {
         // The caller may have given up waiting; the write stands.
         let _ = request.reply.send(result);
@@ -195,15 +192,19 @@ fn commit_lazy(shared: &Shared, held: Vec<Vec<Op>>) {
     if held.is_empty() {
         return;
     }
-    let n = held.len();
     let ops: Vec<&[Op]> = held.iter().map(Vec::as_slice).collect();
-    let failed = shared
-        .process(&ops)
-        .into_iter()
-        .filter(|r| r.is_err())
-        .count();
+    warn_lazy_failures(&shared.process(&ops));
+}
+
+fn warn_lazy_failures(results: &[Result<Vec<OpResult>, StoreError>]) {
+    let failed = results.iter().filter(|r| r.is_err()).count();
     if failed > 0 {
-        warn!(failed, of = n, "lazy store writes failed");
+        warn!(
+            failed,
+            of = results.len(),
+            "removing delivered mail from the queue failed; it stays queued and is sent again, \
+             and the receiver recognises it as a duplicate"
+        );
     }
 }
 
