@@ -246,6 +246,8 @@ fn disk_full_defers_and_recovers() {
         t0.elapsed().as_secs_f64()
     );
     drop(a);
-    drop(b);
+    b.kill();
+    // Unmount before b's temp dir is removed: a mount point cannot be, and would stay behind.
     drop(fs);
+    drop(b);
 }
