@@ -200,9 +200,16 @@ pub struct DeliveryConfig {
     /// Largest message accepted (from `send`, and over s2s).
     #[serde(default = "default_max_message")]
     pub max_message_bytes: usize,
-    /// Most delivery attempts in flight at once.
+    /// Most delivery attempts in flight at once (over all destinations). Mail to an xmta
+    /// peer is pipelined on one stream, so this is also the window of mails awaiting
+    /// receipts: a wider window lets the receiver commit more mails at once.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
+    /// Most message bytes held by delivery attempts at once (bodies and the stanzas made of
+    /// them, until the receipt). An attempt waits for its share before reading the body;
+    /// a message larger than this goes alone.
+    #[serde(default = "default_max_inflight_bytes")]
+    pub max_inflight_bytes: u64,
     /// How long the receiver remembers a (domain, mail id, recipient) it stored.
     #[serde(default = "default_dedupe_days")]
     pub dedupe_days: u64,
@@ -405,7 +412,10 @@ fn default_max_message() -> usize {
     50 * 1024 * 1024
 }
 fn default_concurrency() -> usize {
-    64
+    256
+}
+fn default_max_inflight_bytes() -> u64 {
+    256 << 20
 }
 fn default_dedupe_days() -> u64 {
     14
@@ -490,6 +500,7 @@ impl Default for DeliveryConfig {
             receipt_timeout_secs: default_receipt_timeout(),
             max_message_bytes: default_max_message(),
             concurrency: default_concurrency(),
+            max_inflight_bytes: default_max_inflight_bytes(),
             dedupe_days: default_dedupe_days(),
             max_recipients: default_max_recipients(),
             local: None,
@@ -697,6 +708,12 @@ impl Config {
             return Err(self.invalid(
                 "delivery",
                 "concurrency and max_recipients must be at least 1",
+            ));
+        }
+        if self.delivery.max_inflight_bytes < 1 << 20 {
+            return Err(self.invalid(
+                "delivery.max_inflight_bytes",
+                "must be at least 1048576 (1 MiB)",
             ));
         }
         let mut routes = BTreeMap::new();
@@ -1564,6 +1581,10 @@ mod tests {
                 "postfix.transport",
             ),
             ("[delivery]\nlocal='imap:x'\n", "delivery.local"),
+            (
+                "[delivery]\nmax_inflight_bytes=4096\n",
+                "delivery.max_inflight_bytes",
+            ),
             ("[smtp]\nsmarthost='nope'\n", "smtp.smarthost"),
             (
                 "[postfix]\nmax_request_bytes=10\n",

@@ -82,6 +82,7 @@ restart_keys! {
     "s2s.ca" => s2s.ca;
     "dns.nameservers" => dns.nameservers;
     "delivery.concurrency" => delivery.concurrency;
+    "delivery.max_inflight_bytes" => delivery.max_inflight_bytes;
     "log.format" => log.format;
     "smtp.listen" => smtp.listen;
     "smtp.lmtp" => smtp.lmtp;

@@ -371,3 +371,62 @@ fn mailbox_without_jid_form_is_carried() {
     b.wait_for("the mail", 30, || b.mailbox("\" bob\"@b.test").len() == 1);
     a.wait_for("a's queue to empty", 30, || a.queue().is_empty());
 }
+
+/// `[delivery] max_inflight_bytes`: three queued mails of ~700 kB with a budget of 1 MiB
+/// are released at once (`queue flush`) yet go one at a time: no mail is sent while
+/// another one awaits its receipt. All arrive, once each.
+#[test]
+fn inflight_byte_budget_serialises_big_mails() {
+    let (mut a, mut b) = pair("127.0.2.130", "127.0.2.131", "", "");
+    edit_config(
+        &a,
+        "retry_initial_secs = 1\nretry_max_secs = 2\n",
+        "retry_initial_secs = 3600\nretry_max_secs = 7200\nmax_inflight_bytes = 1048576\n",
+    );
+    b.start();
+    b.add_user("bob@b.test");
+    b.stop();
+    a.start();
+    let body = format!("{}\r\n", "y".repeat(76)).repeat(9000);
+    for i in 0..3 {
+        a.send(
+            "alice@a.test",
+            &["bob@b.test"],
+            &message("alice@a.test", "bob@b.test", &format!("big-{i}"), &body),
+        );
+    }
+    a.wait_for("three failed first attempts", 30, || {
+        a.log().matches("delivery deferred").count() >= 3
+    });
+    b.start();
+    a.ok(&["queue", "flush"], b"");
+    b.wait_for("three mails", 60, || b.mailbox("bob@b.test").len() >= 3);
+    a.wait_for("a's queue to empty", 30, || a.queue().is_empty());
+    let mut s: Vec<String> = b
+        .mailbox("bob@b.test")
+        .into_iter()
+        .map(|l| l.subject)
+        .collect();
+    s.sort();
+    assert_eq!(s, ["big-0", "big-1", "big-2"]);
+    let id = |l: &str| {
+        l.split_whitespace()
+            .find_map(|w| w.strip_prefix("id="))
+            .map(str::to_string)
+    };
+    let mut awaiting: Option<String> = None;
+    let mut sent = 0;
+    for l in a.log().lines() {
+        if l.contains("mail sent, waiting for receipt") {
+            assert!(
+                awaiting.is_none(),
+                "a mail was sent while {awaiting:?} awaited its receipt:\n{l}"
+            );
+            awaiting = id(l);
+            sent += 1;
+        } else if l.contains("receipt received") && awaiting.is_some() && id(l) == awaiting {
+            awaiting = None;
+        }
+    }
+    assert_eq!(sent, 3, "each mail sent once after the flush");
+}

@@ -17,7 +17,7 @@ use crate::mta::payload::{
     self, Envelope, MailError, OutgoingMail, RcptStatus as ReceiptStatus, Receipt,
 };
 use crate::s2s::{OutboundConn, S2s, S2sError};
-use crate::store::{LocalDelivery, NewQueueItem, Op, QueueItem, RcptStatus, Store};
+use crate::store::{LocalDelivery, NewQueueItem, Op, QueueItem, RcptStatus, Store, StoreError};
 use crate::xml::ns;
 use crate::xml::writer::escape_attr;
 
@@ -73,11 +73,24 @@ pub struct Delivery {
     schedule: Mutex<BTreeSet<(i64, String)>>,
     inflight: Mutex<HashSet<String>>,
     wake: Notify,
+    /// `delivery.concurrency`: one permit per attempt.
     slots: Arc<Semaphore>,
+    /// `delivery.max_inflight_bytes`, in KiB: an attempt holds its message's size.
+    bytes: Arc<Semaphore>,
+    /// The permits of `bytes`.
+    bytes_total: u32,
     /// A handle on itself for tasks started from `&self` callbacks.
     me: std::sync::OnceLock<std::sync::Weak<Delivery>>,
     /// Which domains take mail over XMPP (smarthost decision, Postfix socketmap).
     router: Option<super::route::Router>,
+}
+
+/// The permits (KiB, at least one) of `max_inflight_bytes` a message of `size` octets
+/// holds while it is being delivered; all of them for one larger than the whole budget.
+fn inflight_kib(size: u64, total: u32) -> u32 {
+    u32::try_from(size.div_ceil(1024))
+        .unwrap_or(u32::MAX)
+        .clamp(1, total)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -87,6 +100,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Delivery {
     pub fn new(cfg: Live, store: Store, s2s: Arc<S2s>) -> Arc<Delivery> {
         let slots = Arc::new(Semaphore::new(cfg.get().delivery.concurrency));
+        let bytes_total = u32::try_from(cfg.get().delivery.max_inflight_bytes >> 10)
+            .unwrap_or(u32::MAX)
+            .min(Semaphore::MAX_PERMITS as u32)
+            .max(1);
         let cfg_for_router = cfg.clone();
         let d = Arc::new(Delivery {
             cfg,
@@ -101,6 +118,8 @@ impl Delivery {
             inflight: Mutex::new(HashSet::new()),
             wake: Notify::new(),
             slots,
+            bytes: Arc::new(Semaphore::new(bytes_total as usize)),
+            bytes_total,
             me: std::sync::OnceLock::new(),
             router: match super::route::Router::new(&cfg_for_router) {
                 Ok(r) => Some(r),
@@ -456,17 +475,32 @@ impl Delivery {
     }
 
     async fn attempt(self: &Arc<Self>, id: &str) {
+        let read_failed = |e: StoreError| {
+            warn!(id, error = %e, "cannot read queue item; retrying later");
+            self.schedule(
+                id,
+                crate::now() + self.cfg.get().delivery.retry_initial_secs as i64,
+            );
+        };
+        // The message's share of `max_inflight_bytes` first, then its body: held until the
+        // outcome is recorded, so big mails wait here instead of piling up in memory.
+        let size = match self.store.queue_item(id) {
+            Ok(Some(item)) => item.size,
+            Ok(None) => return,
+            Err(e) => return read_failed(e),
+        };
+        let Ok(_bytes) = self
+            .bytes
+            .clone()
+            .acquire_many_owned(inflight_kib(size, self.bytes_total))
+            .await
+        else {
+            return;
+        };
         let (item, body) = match self.store.queue_item_with_body(id) {
             Ok(Some(found)) => found,
             Ok(None) => return,
-            Err(e) => {
-                warn!(id, error = %e, "cannot read queue item; retrying later");
-                self.schedule(
-                    id,
-                    crate::now() + self.cfg.get().delivery.retry_initial_secs as i64,
-                );
-                return;
-            }
+            Err(e) => return read_failed(e),
         };
         let now = crate::now();
         let pending: Vec<String> = item
@@ -1243,4 +1277,26 @@ fn origin_domain(cfg: &Config, item: &QueueItem) -> String {
     MailAddress::parse(&item.sender)
         .map(|a| a.domain().to_string())
         .unwrap_or_else(|_| cfg.server.domains[0].clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::inflight_kib;
+
+    #[test]
+    fn inflight_share_is_the_size_in_kib_within_the_budget() {
+        let total = 256 * 1024;
+        assert_eq!(
+            inflight_kib(0, total),
+            1,
+            "an empty message still holds a permit"
+        );
+        assert_eq!(inflight_kib(1, total), 1);
+        assert_eq!(inflight_kib(1024, total), 1);
+        assert_eq!(inflight_kib(1025, total), 2);
+        assert_eq!(inflight_kib(4096, total), 4);
+        assert_eq!(inflight_kib(50 << 20, total), 50 * 1024);
+        // Larger than the whole budget: it takes all of it and so goes alone.
+        assert_eq!(inflight_kib(1 << 40, total), total);
+    }
 }
