@@ -73,3 +73,56 @@ fn disco_and_non_mail_stanzas_get_answers() {
     // None of it was stored as mail.
     assert!(b.mailbox("bob@b.test").is_empty());
 }
+
+/// What an MTA peer receives (XEP-MTA §7): a domain that announced urn:xmpp:mta:0 gets a
+/// `<message/>` with `<mail/>`, its envelope and the message in `<data/>` (base64), and no
+/// `<body/>` fallback (§7.5: nobody there would read it).
+#[test]
+fn mail_stanza_to_an_mta_peer_has_envelope_and_data_but_no_body() {
+    use base64::Engine as _;
+    let mut a = Xmta::plain("a.test", "127.0.2.133");
+    let peer = FakePeer::start_mta("127.0.2.132", "other.test", a.addr);
+    set_route(&mut a, "other.test", &peer.addr.to_string());
+    a.start();
+    a.add_user("alice@a.test");
+    let m = message(
+        "alice@a.test",
+        "bob@other.test",
+        "to-an-mta",
+        "a line of text",
+    );
+    a.send("alice@a.test", &["bob@other.test"], &m);
+    let stanza = || {
+        let seen = peer.seen();
+        let at = seen.find("<mail xmlns='urn:xmpp:mta:0'")?;
+        let start = seen[..at].rfind("<message")?;
+        let end = start + seen[start..].find("</message>")? + "</message>".len();
+        Some(seen[start..end].to_string())
+    };
+    a.wait_for("the mail stanza at the peer", 30, || stanza().is_some());
+    let s = stanza().unwrap();
+    assert!(
+        !s.contains("<body"),
+        "no body fallback toward an MTA peer: {s}"
+    );
+    assert!(s.contains("<mail-from>alice@a.test</mail-from>"), "{s}");
+    assert!(s.contains("<rcpt-to>bob@other.test</rcpt-to>"), "{s}");
+    assert_eq!(
+        attr(&s, "message", "from").as_deref(),
+        Some("alice@a.test"),
+        "{s}"
+    );
+    let data_at = s.find("<data").expect("a <data/> element");
+    let text_at = data_at + s[data_at..].find('>').unwrap() + 1;
+    let text: String = s[text_at..text_at + s[text_at..].find("</data>").unwrap()]
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    let data = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .expect("base64 data");
+    assert!(
+        data.ends_with(&m),
+        "the message travels unchanged (after the trace headers)"
+    );
+}

@@ -463,6 +463,22 @@ impl FakePeer {
     /// `verify_valid = false`: every db:verify is answered type='invalid', like an
     /// authoritative server that does not know the key.
     pub fn start_with(ip: &str, domain: &'static str, verify_valid: bool) -> FakePeer {
+        FakePeer::spawn(ip, domain, verify_valid, None)
+    }
+
+    /// Also answers disco#info with the mail feature (urn:xmpp:mta:0), over a stream of its
+    /// own to `back` (the asking server's s2s address) as a server must, so that an xmta
+    /// sends it mail stanzas. It never sends a receipt.
+    pub fn start_mta(ip: &str, domain: &'static str, back: SocketAddr) -> FakePeer {
+        FakePeer::spawn(ip, domain, true, Some(back))
+    }
+
+    fn spawn(
+        ip: &str,
+        domain: &'static str,
+        verify_valid: bool,
+        mta: Option<SocketAddr>,
+    ) -> FakePeer {
         let listener = TcpListener::bind((ip, 0)).expect("bind fake peer");
         let addr = listener.local_addr().expect("addr");
         let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
@@ -471,7 +487,7 @@ impl FakePeer {
             for conn in listener.incoming() {
                 let Ok(sock) = conn else { return };
                 let log = log2.clone();
-                std::thread::spawn(move || fake_conn(sock, domain, log, verify_valid));
+                std::thread::spawn(move || fake_conn(sock, domain, log, verify_valid, mta));
             }
         });
         FakePeer { addr, log }
@@ -487,6 +503,7 @@ fn fake_conn(
     domain: &str,
     log: std::sync::Arc<std::sync::Mutex<String>>,
     verify_valid: bool,
+    mta: Option<SocketAddr>,
 ) {
     use std::io::{Read as _, Write as _};
     let mut sock = sock;
@@ -518,15 +535,20 @@ fn fake_conn(
         }
         loop {
             let rest = &got[pos..];
-            let next = ["<db:verify ", "<db:result "]
+            let tags: &[&str] = if mta.is_some() {
+                &["<db:verify ", "<db:result ", "<iq "]
+            } else {
+                &["<db:verify ", "<db:result "]
+            };
+            let next = tags
                 .iter()
                 .filter_map(|t| rest.find(t).map(|i| (i, *t)))
                 .min();
             let Some((i, tag)) = next else { break };
-            let close = if tag == "<db:verify " {
-                "</db:verify>"
-            } else {
-                "</db:result>"
+            let close = match tag {
+                "<db:verify " => "</db:verify>",
+                "<db:result " => "</db:result>",
+                _ => "</iq>",
             };
             let Some(end) = rest[i..].find(close) else {
                 break;
@@ -536,10 +558,33 @@ fn fake_conn(
             let from = attr(el, t, "from").unwrap_or_default();
             let id = attr(el, t, "id").unwrap_or_default();
             let verdict = if verify_valid { "valid" } else { "invalid" };
-            let answer = if t == "db:verify" {
-                format!("<db:verify from='{domain}' to='{from}' id='{id}' type='{verdict}'/>")
-            } else {
-                format!("<db:result from='{domain}' to='{from}' type='valid'/>")
+            let answer = match t {
+                "db:verify" => {
+                    format!("<db:verify from='{domain}' to='{from}' id='{id}' type='{verdict}'/>")
+                }
+                "db:result" => format!("<db:result from='{domain}' to='{from}' type='valid'/>"),
+                _ if el.contains("disco#info") && attr(el, t, "type").as_deref() == Some("get") => {
+                    let answer = format!(
+                        "<iq type='result' from='{domain}' to='{from}' id='{id}'><query xmlns='http://jabber.org/protocol/disco#info'><identity category='server' type='im'/><feature var='urn:xmpp:mta:0'/></query></iq>"
+                    );
+                    if let Some(back) = mta {
+                        let domain = domain.to_string();
+                        std::thread::spawn(move || {
+                            let mut r = Raw::connect(back);
+                            r.open_stream(&domain, &from);
+                            r.send(&format!(
+                                "<db:result from='{domain}' to='{from}'>fake-key</db:result>"
+                            ));
+                            if r.read_until(15, |s| s.contains("type='valid'")) {
+                                r.send(&answer);
+                                // Keep the stream open while the test runs.
+                                r.closed_within(120);
+                            }
+                        });
+                    }
+                    String::new()
+                }
+                _ => String::new(),
             };
             let _ = sock.write_all(answer.as_bytes());
             pos += i + end + close.len();
