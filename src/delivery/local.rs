@@ -127,7 +127,16 @@ async fn into_lmtp(
 
 async fn into_store(store: &Store, d: LocalDelivery) -> Vec<(String, LocalOutcome)> {
     let rcpts = d.recipients.clone();
-    match store.apply(vec![Op::Deliver(d)]).await {
+    // Mail from an s2s peer (the only deliveries with a duplicate key, XEP-MTA §11.3) may
+    // wait a moment to share a commit: its sender keeps a window of mails awaiting
+    // receipts, so the latency of one mail does not slow it down.
+    let op = vec![Op::Deliver(d)];
+    let applied = if matches!(&op[0], Op::Deliver(d) if d.dedupe.is_some()) {
+        store.apply_soon(op).await
+    } else {
+        store.apply(op).await
+    };
+    match applied {
         Ok(results) => {
             let outcomes = match results.into_iter().next() {
                 Some(OpResult::Delivered(o)) => o,

@@ -43,6 +43,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, mpsc};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, StorageBackend};
@@ -436,6 +437,8 @@ struct Shared {
     changes: tokio::sync::broadcast::Sender<MailboxChange>,
     /// Lazy requests waiting for a commit (see the writer's module doc).
     lazy: std::sync::Mutex<writer::Lazy>,
+    /// [`writer::SOON_DELAY`] in microseconds (tests lengthen it).
+    soon_delay_us: AtomicU64,
 }
 
 impl Store {
@@ -481,6 +484,7 @@ impl Store {
             commits: AtomicU64::new(0),
             changes: tokio::sync::broadcast::channel(CHANGE_BACKLOG).0,
             lazy: Default::default(),
+            soon_delay_us: AtomicU64::new(writer::SOON_DELAY.as_micros() as u64),
         });
         let (tx, rx) = mpsc::channel();
         let thread_shared = shared.clone();
@@ -502,12 +506,28 @@ impl Store {
     /// (after an I/O error they may or may not have reached the disk). Dropping the future
     /// does not cancel the write.
     pub async fn apply(&self, ops: Vec<Op>) -> Result<Vec<OpResult>, StoreError> {
+        self.request(ops, false).await
+    }
+
+    /// Like [`Store::apply`] (durable when it returns), for a caller that has many such
+    /// requests in flight and is not slowed by the latency of one: mail from an s2s peer,
+    /// whose sender keeps a window of mails awaiting receipts. Its commit may wait up to
+    /// [`writer::SOON_DELAY`] for more requests to share it, which saves the commits (and
+    /// fsyncs) that per-mail latency does not need. A request that cannot wait ends the
+    /// wait at once.
+    pub async fn apply_soon(&self, ops: Vec<Op>) -> Result<Vec<OpResult>, StoreError> {
+        self.request(ops, true).await
+    }
+
+    async fn request(&self, ops: Vec<Op>, soon: bool) -> Result<Vec<OpResult>, StoreError> {
         let (reply, answer) = oneshot::channel();
         let tx = self.inner.tx.as_ref().ok_or(StoreError::WriterGone)?;
+        let delay = self.inner.shared.soon_delay_us.load(Ordering::Relaxed);
         tx.send(writer::Request {
             ops,
             reply,
             lazy: false,
+            until: soon.then(|| Instant::now() + Duration::from_micros(delay)),
         })
         .map_err(|_| StoreError::WriterGone)?;
         answer.await.map_err(|_| StoreError::WriterGone)?
@@ -529,6 +549,7 @@ impl Store {
                 ops: Vec::new(),
                 reply,
                 lazy: true,
+                until: None,
             })
             .map_err(|_| StoreError::WriterGone)?;
         }
@@ -666,6 +687,14 @@ impl Store {
     }
 
     /// Number of write transactions the writer has committed since open (for metrics and tests).
+    #[cfg(test)]
+    pub(crate) fn set_soon_delay(&self, delay: Duration) {
+        self.inner
+            .shared
+            .soon_delay_us
+            .store(delay.as_micros() as u64, Ordering::Relaxed);
+    }
+
     pub fn commits(&self) -> u64 {
         self.inner.shared.commits.load(Ordering::Relaxed)
     }

@@ -1,7 +1,7 @@
 //! Unit tests of the store (the power-cut tests are in powercut.rs).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::powercut::SimBackend;
 use super::tables::{BODIES, BODY_REFS, MAILBOXES, MESSAGES, QUEUE, USERS};
@@ -568,6 +568,65 @@ async fn group_commit_batches_concurrent_deliveries() {
         .collect();
     assert_eq!(uids, (1..=200).collect::<Vec<u32>>());
     check_consistency(&store).unwrap();
+}
+
+/// `Store::apply_soon`: requests that can wait share one commit within the delay; one that
+/// cannot wait ends the wait at once and takes the waiting ones along.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_that_can_wait_share_a_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&db_path(dir.path())).unwrap();
+    with_users(&store, &["a@x"]).await;
+    let delay = Duration::from_secs(1);
+    store.set_soon_delay(delay);
+    let soon = |body: &'static str| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .apply_soon(vec![Op::Deliver(delivery(&["a@x"], body))])
+                .await
+        })
+    };
+
+    let before = store.commits();
+    let t0 = Instant::now();
+    let first = soon("one");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let second = soon("two");
+    first.await.unwrap().unwrap();
+    second.await.unwrap().unwrap();
+    assert_eq!(
+        store.commits() - before,
+        1,
+        "two requests 50 ms apart, one commit"
+    );
+    assert!(
+        t0.elapsed() >= delay,
+        "they waited for the first one's delay"
+    );
+
+    let before = store.commits();
+    let t0 = Instant::now();
+    let waiting = soon("three");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    store
+        .apply(vec![Op::Deliver(delivery(&["a@x"], "four"))])
+        .await
+        .unwrap();
+    waiting.await.unwrap().unwrap();
+    assert_eq!(store.commits() - before, 1, "committed together");
+    assert!(
+        t0.elapsed() < delay,
+        "a request that cannot wait does not wait: {:?}",
+        t0.elapsed()
+    );
+    let uids: Vec<u32> = store
+        .messages("a@x", INBOX)
+        .unwrap()
+        .iter()
+        .map(|m| m.uid)
+        .collect();
+    assert_eq!(uids, [1, 2, 3, 4]);
 }
 
 #[tokio::test]

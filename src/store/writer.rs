@@ -14,6 +14,12 @@
 //! they are [`LAZY_MAX_AGE`] old or [`LAZY_MAX`] are held, with an empty request (a flush,
 //! as at shutdown), or in a commit of their own when no request and no further lazy one
 //! came for [`LAZY_LINGER`]. The commits that acknowledge mail stay small.
+//!
+//! Requests that can wait ([`super::Store::apply_soon`]: mail from s2s peers, which pipeline)
+//! let their batch wait for more until the oldest of them is [`SOON_DELAY`] old, unless a
+//! request that cannot wait (an SMTP client waiting for its 250) joins it. Under load the
+//! batch has waited that long already and nothing changes; at moderate rates one commit
+//! (two fsyncs) serves several mails instead of one or two.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::Ordering;
@@ -40,11 +46,17 @@ pub const LAZY_MAX_AGE: Duration = Duration::from_millis(500);
 /// ... or when this many are held.
 pub const LAZY_MAX: usize = 1024;
 
+/// How long a request that can wait ([`super::Store::apply_soon`]) may wait, from when it
+/// was made, for others to share its commit.
+pub const SOON_DELAY: Duration = Duration::from_millis(3);
+
 pub(super) struct Request {
     pub ops: Vec<Op>,
     pub reply: oneshot::Sender<Result<Vec<OpResult>, StoreError>>,
     /// A tick: lazy requests were held (its `ops` are empty; see the module doc).
     pub lazy: bool,
+    /// Until when a request that can wait lets its batch wait for more; `None`: it cannot.
+    pub until: Option<Instant>,
 }
 
 /// Lazy requests held for a later commit, oldest first.
@@ -137,13 +149,25 @@ pub(super) fn run(shared: &Shared, rx: mpsc::Receiver<Request>) {
             }
         };
         let mut bytes = first.body_bytes();
+        // Until when the batch may wait for more: set while every request in it can wait
+        // (ticks do not count either way).
+        let mut until = first.until;
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH_REQUESTS {
-            let Ok(request) = rx.try_recv() else { break };
+            let next = match until {
+                None => rx.try_recv().ok(),
+                Some(t) => rx
+                    .recv_timeout(t.saturating_duration_since(Instant::now()))
+                    .ok(),
+            };
+            let Some(request) = next else { break };
             let more = request.body_bytes();
             if bytes + more > MAX_BATCH_BYTES {
                 carry = Some(request);
                 break;
+            }
+            if !request.lazy {
+                until = until.zip(request.until).map(|(a, b)| a.min(b));
             }
             bytes += more;
             batch.push(request);
