@@ -80,11 +80,39 @@ pub struct XmlReader<R> {
     ended: bool,
     /// Read a stream whose default namespace is the first as if it were the second.
     alias: Option<(&'static str, &'static str)>,
+    /// The last two bytes the parser consumed.
+    tail: [u8; 2],
+    /// The parser stands just after the `>` of a start tag (or after text read by
+    /// [`plain_text_run`]), where character data may be taken without it.
+    at_text: bool,
+}
+
+/// Bytes that are character data as they stand, with nothing to validate, expand or
+/// normalise: the base64 alphabet (RFC 4648) and the whitespace of wrapped base64, but not
+/// `\r` (end-of-line handling). `<data/>` holds only these.
+const PLAIN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        t[c] = b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b' ' | b'\n' | b'\t');
+        c += 1;
+    }
+    t
+};
+
+/// How many bytes at the start of `buf` are [`PLAIN`].
+fn plain_text_run(buf: &[u8]) -> usize {
+    buf.iter()
+        .position(|&b| !PLAIN[b as usize])
+        .unwrap_or(buf.len())
 }
 
 #[derive(Default)]
 struct HeaderBuilder {
     open: bool,
+    /// The stream's first byte other than whitespace was seen (and was `<`).
+    markup_seen: bool,
     prefix: Option<String>,
     name: String,
     attrs: Vec<(Option<String>, String, String)>,
@@ -110,6 +138,8 @@ impl<R: AsyncRead + Unpin> XmlReader<R> {
             max_depth: 32,
             ended: false,
             alias: None,
+            tail: [0; 2],
+            at_text: false,
         }
     }
 
@@ -162,27 +192,65 @@ impl<R: AsyncRead + Unpin> XmlReader<R> {
         }
         // Before the stream header only markup may come; say so at once rather than
         // waiting for more of, say, an SMTP greeting.
-        if self.header.as_ref().is_some_and(|h| !h.open)
+        // Only the first byte that is not whitespace is looked at: the parser may already
+        // have taken the `<` of a header that arrives in pieces.
+        if let Some(h) = self.header.as_mut().filter(|h| !h.open && !h.markup_seen)
             && let Some(&b) = self.buf.iter().find(|b| !b.is_ascii_whitespace())
-            && b != b'<'
         {
-            return Err(XmlError::NotWellFormed(
-                "the stream does not start with XML markup".into(),
-            ));
+            if b != b'<' {
+                return Err(XmlError::NotWellFormed(
+                    "the stream does not start with XML markup".into(),
+                ));
+            }
+            h.markup_seen = true;
         }
         Ok(())
     }
 
     /// One raw event, reading more bytes as needed.
+    ///
+    /// Inside a stanza, a run of [`PLAIN`] bytes right after a start tag is returned as text
+    /// without going through the parser, whose lexer takes character data a byte at a time
+    /// (most of the cost of a big mail's base64). The parser cannot tell: it resumes at the
+    /// first other byte, where text may go on or markup begin, exactly as if the run had
+    /// been empty.
     async fn event(&mut self) -> Result<RawEvent, XmlError> {
         loop {
+            if self.at_text && self.depth > 0 {
+                let n = plain_text_run(&self.buf);
+                if n < self.buf.len() {
+                    // Another byte follows: the parser takes over from it.
+                    self.at_text = false;
+                }
+                if n > 0 {
+                    let run = self.buf.split_to(n);
+                    let text = std::str::from_utf8(&run)
+                        .map_err(|_| XmlError::NotWellFormed("internal: text run".into()))?;
+                    return Ok(RawEvent::Text(
+                        rxml::parser::EventMetrics::new(n),
+                        text.to_owned(),
+                    ));
+                }
+            }
             let mut slice: &[u8] = &self.buf[..];
             let before = slice.len();
             let r = self.parser.parse(&mut slice, false);
             let consumed = before - slice.len();
+            match consumed {
+                0 => {}
+                1 => self.tail = [self.tail[1], self.buf[0]],
+                _ => self.tail = [self.buf[consumed - 2], self.buf[consumed - 1]],
+            }
             let _ = self.buf.split_to(consumed);
             match r {
-                Ok(Some(ev)) => return Ok(ev),
+                Ok(Some(ev)) => {
+                    // `>` of a start tag, not `/>` of an empty element (whose end event
+                    // the parser still holds).
+                    self.at_text = matches!(ev, RawEvent::ElementHeadClose(_))
+                        && self.tail[1] == b'>'
+                        && self.tail[0] != b'/';
+                    return Ok(ev);
+                }
                 Ok(None) => return Err(XmlError::Eof),
                 Err(EndOrError::NeedMoreData) => {
                     // Bytes held for an incomplete token count against the stanza limit too,
@@ -292,6 +360,8 @@ impl<R: AsyncRead + Unpin> XmlReader<R> {
         self.depth = 0;
         self.stanza_bytes = 0;
         self.ended = false;
+        self.tail = [0; 2];
+        self.at_text = false;
     }
 
     /// The next top-level element; `Ok(None)` once the peer closed its stream with
@@ -458,6 +528,95 @@ mod tests {
                 },
             };
             assert_eq!(err.condition(), cond, "{doc}: {err}");
+        }
+    }
+
+    /// Hands out its input `step` bytes per read, so tokens and text runs split anywhere.
+    struct Trickle {
+        data: Vec<u8>,
+        pos: usize,
+        step: usize,
+    }
+
+    impl tokio::io::AsyncRead for Trickle {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            let end = (self.pos + self.step).min(self.data.len());
+            let n = (end - self.pos).min(buf.remaining());
+            let from = self.pos;
+            buf.put_slice(&self.data[from..from + n]);
+            self.pos += n;
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    async fn read_trickled(doc: &str, step: usize) -> Result<Vec<Element>, XmlError> {
+        let io = Trickle {
+            data: doc.as_bytes().to_vec(),
+            pos: 0,
+            step,
+        };
+        let mut r = XmlReader::new(io, 1 << 20);
+        r.read_header().await?;
+        let mut out = Vec::new();
+        while let Some(el) = r.next().await? {
+            out.push(el);
+        }
+        Ok(out)
+    }
+
+    /// Text taken without the parser (plain runs after a start tag) gives the same tree as
+    /// the parser would, however the input is split: base64, runs ending in references,
+    /// CR, other characters or markup, and text after an empty element, which belongs to
+    /// its parent.
+    #[tokio::test]
+    async fn plain_text_runs_read_like_the_parser() {
+        let b64 = "QUJD+/=".repeat(3000);
+        let doc = format!(
+            "{HDR}<message><mail xmlns='urn:xmpp:mta:0'><data>{b64}\n{b64}</data></mail></message>\
+             <message><body>ab c&amp;d\r\ne\u{e9}f<x/>tail <y a='1'/> more</body><z>q</z><w>ab\r\ncd\re</w></message>\
+             </stream:stream>"
+        );
+        for step in [1, 2, 3, 7, 64, 4096, 1 << 20] {
+            let els = read_trickled(&doc, step).await.unwrap();
+            assert_eq!(els.len(), 2, "step {step}");
+            let data = els[0]
+                .get_child("mail", "urn:xmpp:mta:0")
+                .and_then(|m| m.get_child("data", "urn:xmpp:mta:0"))
+                .unwrap();
+            assert_eq!(data.text(), format!("{b64}\n{b64}"), "step {step}");
+            let body = els[1].get_child("body", ns::SERVER).unwrap();
+            assert_eq!(body.text(), "ab c&d\neéftail  more", "step {step}");
+            let kids: Vec<&str> = body.children().map(|c| c.name()).collect();
+            assert_eq!(kids, ["x", "y"], "step {step}");
+            assert!(
+                body.children().all(|c| c.text().is_empty()),
+                "text after an empty element is its parent's (step {step})"
+            );
+            assert_eq!(els[1].get_child("z", ns::SERVER).unwrap().text(), "q");
+            // End-of-line handling (XML 1.0 §2.11) still applies.
+            assert_eq!(
+                els[1].get_child("w", ns::SERVER).unwrap().text(),
+                "ab\ncd\ne"
+            );
+        }
+    }
+
+    /// What the parser refuses after a plain run is still refused.
+    #[tokio::test]
+    async fn plain_text_runs_do_not_hide_bad_text() {
+        for bad in ["abc]]>def", "abc\u{1}def", "abc&bogus;", "abc<"] {
+            let doc = format!("{HDR}<message><body>{bad}</body></message></stream:stream>");
+            for step in [1, 3, 4096] {
+                let r = read_trickled(&doc, step).await;
+                assert!(
+                    matches!(r, Err(XmlError::NotWellFormed(_) | XmlError::Eof)),
+                    "{bad:?} step {step}: {r:?}"
+                );
+            }
         }
     }
 }
