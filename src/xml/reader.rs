@@ -85,6 +85,8 @@ pub struct XmlReader<R> {
     /// The parser stands just after the `>` of a start tag (or after text read by
     /// [`plain_text_run`]), where character data may be taken without it.
     at_text: bool,
+    /// Whether plain text runs are taken without the parser at all.
+    plain_runs: bool,
 }
 
 /// Bytes that are character data as they stand, with nothing to validate, expand or
@@ -140,6 +142,7 @@ impl<R: AsyncRead + Unpin> XmlReader<R> {
             alias: None,
             tail: [0; 2],
             at_text: false,
+            plain_runs: true,
         }
     }
 
@@ -148,6 +151,14 @@ impl<R: AsyncRead + Unpin> XmlReader<R> {
     /// the mail layer sees one kind of stanza).
     pub fn alias_default_ns(&mut self, from: &'static str, to: &'static str) {
         self.alias = Some((from, to));
+    }
+
+    /// Reads every byte through the parser (no plain text runs): the reference the fuzz
+    /// target compares the fast path with.
+    #[doc(hidden)]
+    pub fn without_plain_text_runs(mut self) -> Self {
+        self.plain_runs = false;
+        self
     }
 
     pub fn set_max_stanza_bytes(&mut self, n: usize) {
@@ -246,7 +257,8 @@ impl<R: AsyncRead + Unpin> XmlReader<R> {
                 Ok(Some(ev)) => {
                     // `>` of a start tag, not `/>` of an empty element (whose end event
                     // the parser still holds).
-                    self.at_text = matches!(ev, RawEvent::ElementHeadClose(_))
+                    self.at_text = self.plain_runs
+                        && matches!(ev, RawEvent::ElementHeadClose(_))
                         && self.tail[1] == b'>'
                         && self.tail[0] != b'/';
                     return Ok(ev);
