@@ -184,10 +184,29 @@ fn connections_per_ip_are_limited() {
         s2s_extra: "max_connections_per_ip = 2",
     });
     b.start();
+    let header = "<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' from='a.test' to='b.test' version='1.0'>";
     let mut r1 = Raw::connect(b.addr);
     r1.open_stream("a.test", "b.test");
-    let mut r2 = Raw::connect(b.addr);
-    r2.open_stream("a.test", "b.test");
+    // `start` probed the s2s port, and that connection holds its slot until b has seen it
+    // close: until then a second stream may be refused too. Once one is accepted, two are
+    // open.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut r2 = loop {
+        let mut r = Raw::connect(b.addr);
+        r.send(header);
+        r.read_until(5, |s| {
+            s.contains("</stream:features>") || s.contains("policy-violation")
+        });
+        if r.got.contains("</stream:features>") {
+            break r;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a second stream is never accepted: {}",
+            r.got
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
     let mut r3 = Raw::connect(b.addr);
     assert!(
         r3.read_until(10, |s| s
@@ -208,7 +227,7 @@ fn connections_per_ip_are_limited() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let mut r4 = Raw::connect(b.addr);
-        r4.send("<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' from='a.test' to='b.test' version='1.0'>");
+        r4.send(header);
         r4.read_until(5, |s| {
             s.contains("</stream:features>") || s.contains("policy-violation")
         });
