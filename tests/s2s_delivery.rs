@@ -83,13 +83,10 @@ fn sender_sigkill_keeps_its_queue() {
     a.start();
     b.wait_for("five mails", 60, || b.mailbox("bob@b.test").len() >= 5);
     a.wait_for("a's queue to empty", 60, || a.queue().is_empty());
-    let mut s: Vec<String> = b
-        .mailbox("bob@b.test")
-        .into_iter()
-        .map(|l| l.subject)
-        .collect();
-    s.sort();
-    assert_eq!(s, (0..5).map(|i| format!("kept-{i}")).collect::<Vec<_>>());
+    assert_eq!(
+        b.subjects("bob@b.test"),
+        (0..5).map(|i| format!("kept-{i}")).collect::<Vec<_>>()
+    );
 }
 
 /// `s2s.max_connections` bounds inbound connections; the one over the limit gets a
@@ -402,13 +399,7 @@ fn inflight_byte_budget_serialises_big_mails() {
     a.ok(&["queue", "flush"], b"");
     b.wait_for("three mails", 60, || b.mailbox("bob@b.test").len() >= 3);
     a.wait_for("a's queue to empty", 30, || a.queue().is_empty());
-    let mut s: Vec<String> = b
-        .mailbox("bob@b.test")
-        .into_iter()
-        .map(|l| l.subject)
-        .collect();
-    s.sort();
-    assert_eq!(s, ["big-0", "big-1", "big-2"]);
+    assert_eq!(b.subjects("bob@b.test"), ["big-0", "big-1", "big-2"]);
     let id = |l: &str| {
         l.split_whitespace()
             .find_map(|w| w.strip_prefix("id="))

@@ -191,7 +191,7 @@ fn connections_per_ip_are_limited() {
     // close: until then a second stream may be refused too. Once one is accepted, two are
     // open.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let mut r2 = loop {
+    let r2 = loop {
         let mut r = Raw::connect(b.addr);
         r.send(header);
         r.read_until(5, |s| {

@@ -146,6 +146,16 @@ pub(super) fn check_consistency(store: &Store) -> Result<(), String> {
     }
 }
 
+/// The UIDs in `user`'s INBOX, in order.
+fn inbox_uids(store: &Store, user: &str) -> Vec<u32> {
+    store
+        .messages(user, INBOX)
+        .unwrap()
+        .iter()
+        .map(|m| m.uid)
+        .collect()
+}
+
 /// Number of stored bodies.
 fn body_count(store: &Store) -> usize {
     store
@@ -560,13 +570,7 @@ async fn group_commit_batches_concurrent_deliveries() {
         "group commit: 8 tasks x 25 sequential deliveries in {} commits",
         store.commits() - before
     );
-    let uids: Vec<u32> = store
-        .messages("a@x", INBOX)
-        .unwrap()
-        .iter()
-        .map(|m| m.uid)
-        .collect();
-    assert_eq!(uids, (1..=200).collect::<Vec<u32>>());
+    assert_eq!(inbox_uids(&store, "a@x"), (1..=200).collect::<Vec<u32>>());
     check_consistency(&store).unwrap();
 }
 
@@ -620,13 +624,7 @@ async fn requests_that_can_wait_share_a_commit() {
         "a request that cannot wait does not wait: {:?}",
         t0.elapsed()
     );
-    let uids: Vec<u32> = store
-        .messages("a@x", INBOX)
-        .unwrap()
-        .iter()
-        .map(|m| m.uid)
-        .collect();
-    assert_eq!(uids, [1, 2, 3, 4]);
+    assert_eq!(inbox_uids(&store, "a@x"), [1, 2, 3, 4]);
 }
 
 #[tokio::test]

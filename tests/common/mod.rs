@@ -254,6 +254,17 @@ level = "xmta=debug,info"
             .collect()
     }
 
+    /// The subjects in a mailbox, sorted.
+    pub fn subjects(&self, address: &str) -> Vec<String> {
+        let mut s: Vec<String> = self
+            .mailbox(address)
+            .into_iter()
+            .map(|l| l.subject)
+            .collect();
+        s.sort();
+        s
+    }
+
     pub fn show(&self, address: &str, uid: u32) -> Vec<u8> {
         self.ok(&["mailbox", "show", address, &uid.to_string()], b"")
     }
