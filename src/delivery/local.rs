@@ -130,8 +130,9 @@ async fn into_store(store: &Store, d: LocalDelivery) -> Vec<(String, LocalOutcom
     // Mail from an s2s peer (the only deliveries with a duplicate key, XEP-MTA §11.3) may
     // wait a moment to share a commit: its sender keeps a window of mails awaiting
     // receipts, so the latency of one mail does not slow it down.
+    let from_peer = d.dedupe.is_some();
     let op = vec![Op::Deliver(d)];
-    let applied = if matches!(&op[0], Op::Deliver(d) if d.dedupe.is_some()) {
+    let applied = if from_peer {
         store.apply_soon(op).await
     } else {
         store.apply(op).await
