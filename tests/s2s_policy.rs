@@ -190,13 +190,18 @@ fn connections_per_ip_are_limited() {
     // `start` probed the s2s port, and that connection holds its slot until b has seen it
     // close: until then a second stream may be refused too. Once one is accepted, two are
     // open.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let r2 = loop {
+    // A new stream, read until it is accepted (features) or refused.
+    let attempt = || {
         let mut r = Raw::connect(b.addr);
         r.send(header);
         r.read_until(5, |s| {
             s.contains("</stream:features>") || s.contains("policy-violation")
         });
+        r
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let r2 = loop {
+        let r = attempt();
         if r.got.contains("</stream:features>") {
             break r;
         }
@@ -226,11 +231,7 @@ fn connections_per_ip_are_limited() {
     // The slot is freed when b's task ends; allow it a moment, by polling.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let mut r4 = Raw::connect(b.addr);
-        r4.send(header);
-        r4.read_until(5, |s| {
-            s.contains("</stream:features>") || s.contains("policy-violation")
-        });
+        let r4 = attempt();
         if r4.got.contains("</stream:features>") {
             break;
         }

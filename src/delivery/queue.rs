@@ -484,21 +484,21 @@ impl Delivery {
         };
         // The message's share of `max_inflight_bytes` first, then its body: held until the
         // outcome is recorded, so big mails wait here instead of piling up in memory.
-        let size = match self.store.queue_item(id) {
-            Ok(Some(item)) => item.size,
+        let (item, body_ref) = match self.store.queue_entry(id) {
+            Ok(Some(found)) => found,
             Ok(None) => return,
             Err(e) => return read_failed(e),
         };
         let Ok(_bytes) = self
             .bytes
             .clone()
-            .acquire_many_owned(inflight_kib(size, self.bytes_total))
+            .acquire_many_owned(inflight_kib(body_ref.size, self.bytes_total))
             .await
         else {
             return;
         };
-        let (item, body) = match self.store.queue_item_with_body(id) {
-            Ok(Some(found)) => found,
+        let body = match self.store.queued_body(id, body_ref) {
+            Ok(Some(body)) => body,
             Ok(None) => return,
             Err(e) => return read_failed(e),
         };

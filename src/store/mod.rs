@@ -229,6 +229,13 @@ pub struct NewQueueItem {
     pub message: Bytes,
 }
 
+/// Where a queue item's message is stored, and its size (see [`Store::queue_entry`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyRef {
+    id: u64,
+    pub size: u64,
+}
+
 /// A queued message's state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueueItem {
@@ -823,35 +830,42 @@ impl Store {
     }
 
     pub fn queue_item(&self, id: &str) -> Result<Option<QueueItem>, StoreError> {
-        self.read(|txn| {
-            let queue = txn.open_table(tables::QUEUE)?;
-            let Some(rec) = queue.get(id)? else {
-                return Ok(None);
-            };
-            let rec: QueueRec = decode("queue item", rec.value())?;
-            Ok(Some(rec.into_item(id)))
-        })
+        Ok(self.queue_entry(id)?.map(|(item, _)| item))
     }
 
-    /// The item and its body in one read (what a delivery attempt needs); `None` when the
-    /// item is gone. A body that cannot be read fails the whole call.
-    pub fn queue_item_with_body(
-        &self,
-        id: &str,
-    ) -> Result<Option<(QueueItem, Vec<u8>)>, StoreError> {
+    /// The item and where its message lies, without reading the message: a delivery
+    /// attempt takes its share of the in-flight byte budget before [`Store::queued_body`].
+    pub fn queue_entry(&self, id: &str) -> Result<Option<(QueueItem, BodyRef)>, StoreError> {
         self.read(|txn| {
             let queue = txn.open_table(tables::QUEUE)?;
             let Some(rec) = queue.get(id)? else {
                 return Ok(None);
             };
             let rec: QueueRec = decode("queue item", rec.value())?;
-            let body = read_body(txn, rec.body, rec.size)?;
+            let body = BodyRef {
+                id: rec.body,
+                size: rec.size,
+            };
             Ok(Some((rec.into_item(id), body)))
         })
     }
 
+    /// The message of queue item `id` (from [`Store::queue_entry`]); `None` once the item is
+    /// gone (delivered or dropped meanwhile).
+    pub fn queued_body(&self, id: &str, body: BodyRef) -> Result<Option<Vec<u8>>, StoreError> {
+        self.read(|txn| {
+            if txn.open_table(tables::QUEUE)?.get(id)?.is_none() {
+                return Ok(None);
+            }
+            read_body(txn, body.id, body.size).map(Some)
+        })
+    }
+
     pub fn queue_body(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.queue_item_with_body(id)?.map(|(_, body)| body))
+        match self.queue_entry(id)? {
+            Some((_, body)) => self.queued_body(id, body),
+            None => Ok(None),
+        }
     }
 
     pub fn secret(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {

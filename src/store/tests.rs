@@ -300,12 +300,13 @@ async fn queue_lifecycle_and_body_refcount() {
     assert_eq!(store.queue_body("q1").unwrap().unwrap(), b"first");
 
     let mut item = store.queue_item("q1").unwrap().unwrap();
-    let (same, body) = store.queue_item_with_body("q1").unwrap().unwrap();
+    let (same, body_ref) = store.queue_entry("q1").unwrap().unwrap();
+    let body = store.queued_body("q1", body_ref).unwrap().unwrap();
     assert_eq!(
-        (same.id.as_str(), same.size, &body[..]),
-        ("q1", 5, &b"first"[..])
+        (same.id.as_str(), same.size, body_ref.size, &body[..]),
+        ("q1", 5, 5, &b"first"[..])
     );
-    assert!(store.queue_item_with_body("nope").unwrap().is_none());
+    assert!(store.queue_entry("nope").unwrap().is_none());
     assert_eq!(item.size, 5);
     assert_eq!(item.attempts, 0);
     assert_eq!(item.recipients[0].status, RcptStatus::Pending);
@@ -342,14 +343,18 @@ async fn queue_lifecycle_and_body_refcount() {
     assert_eq!(body_count(&store), 2);
     let ids: Vec<String> = store.queue().unwrap().into_iter().map(|i| i.id).collect();
     assert_eq!(ids, ["q1", "q2"]);
+    let (_, q2_body) = store.queue_entry("q2").unwrap().unwrap();
 
     assert!(store.remove_queue("q1").await.unwrap());
     assert!(!store.remove_queue("q1").await.unwrap());
     assert_eq!(store.queue_body("q1").unwrap(), None);
-    assert!(store.queue_item_with_body("q1").unwrap().is_none());
+    assert!(store.queue_entry("q1").unwrap().is_none());
+    assert_eq!(store.queued_body("q1", body_ref).unwrap(), None);
     assert_eq!(body_count(&store), 1);
     // The Sent copy still holds the shared body.
     assert!(store.remove_queue("q2").await.unwrap());
+    // ... but the item is gone, so an attempt that read its entry before gets nothing.
+    assert_eq!(store.queued_body("q2", q2_body).unwrap(), None);
     assert_eq!(body_count(&store), 1);
     assert_eq!(
         store
