@@ -65,7 +65,8 @@ const DURABILITY: Durability = Durability::Immediate;
 /// two-phase commit: data and commit slot are synced before the slot is made primary. That
 /// also covers the caveat of the default one-phase commit, whose checksums are not meant to
 /// hold up against attacker-chosen data (mail bodies are). Group commit amortises the extra
-/// sync; measured here, neither changed the commit rate noticeably.
+/// sync, not all of it: with one fsync per commit on both hops the s=10 relay was 12-19 %
+/// faster (BENCHMARKS.md, the ceiling comparison).
 pub(super) fn configure(txn: &mut WriteTransaction) -> Result<(), StoreError> {
     txn.set_durability(DURABILITY)
         .map_err(|e| StoreError::Internal(e.to_string()))?;

@@ -1065,3 +1065,29 @@ async fn unchanged_since_refuses_messages_changed_later() {
     assert_eq!(msgs[1].flags, vec!["\\Seen"]);
     assert_eq!(msgs[2].flags, vec!["\\Flagged"]);
 }
+
+/// `bench/ceiling.patch` (BENCHMARKS.md, the ceiling comparison) changes how `configure`
+/// commits; it has to keep applying as the store changes, or the benchmark's instructions
+/// break. Each hunk's old side must still be in the file, as `git apply` needs.
+#[test]
+fn the_bench_ceiling_patch_still_applies() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let patch = std::fs::read_to_string(root.join("bench/ceiling.patch")).unwrap();
+    assert!(patch.contains("+++ b/src/store/tables.rs"));
+    let target = std::fs::read_to_string(root.join("src/store/tables.rs")).unwrap();
+    let mut hunks = 0;
+    for hunk in patch.split("\n@@ ").skip(1) {
+        let old: Vec<&str> = hunk
+            .lines()
+            .skip(1)
+            .filter(|l| l.starts_with(' ') || l.starts_with('-'))
+            .map(|l| &l[1..])
+            .collect();
+        assert!(
+            target.contains(&old.join("\n")),
+            "bench/ceiling.patch no longer applies to src/store/tables.rs; make it again"
+        );
+        hunks += 1;
+    }
+    assert_eq!(hunks, 1);
+}
