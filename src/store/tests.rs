@@ -1085,7 +1085,8 @@ fn the_bench_ceiling_patch_still_applies() {
             .collect();
         assert!(
             target.contains(&old.join("\n")),
-            "bench/ceiling.patch no longer applies to src/store/tables.rs; make it again"
+            "bench/ceiling.patch no longer applies to src/store/tables.rs: make its change by \
+             hand and save `git diff src/store/tables.rs` as the patch"
         );
         hunks += 1;
     }
