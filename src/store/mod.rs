@@ -693,7 +693,8 @@ impl Store {
         })
     }
 
-    /// Number of write transactions the writer has committed since open (for metrics and tests).
+    /// Sets how long requests that can wait ([`Store::apply_soon`]) may wait for others to
+    /// share their commit ([`writer::SOON_DELAY`] otherwise).
     #[cfg(test)]
     pub(crate) fn set_soon_delay(&self, delay: Duration) {
         self.inner
@@ -702,6 +703,7 @@ impl Store {
             .store(delay.as_micros() as u64, Ordering::Relaxed);
     }
 
+    /// Number of write transactions the writer has committed since open (for metrics and tests).
     pub fn commits(&self) -> u64 {
         self.inner.shared.commits.load(Ordering::Relaxed)
     }
